@@ -1,0 +1,354 @@
+//! Parsing of command arguments into typed requests. A parse error is an
+//! `ERR` reply and changes nothing. Arguments are passed without the command
+//! name; options are case-insensitive and may appear in any order, once.
+
+use crate::clock::MAX_TOKEN;
+use crate::error::LockError;
+use crate::lease::MAX_OWNER_LEN;
+
+/// `LOCK.ACQUIRE key owner ttl-ms [WAIT timeout-ms] [SESSION]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Acquire<'a> {
+    /// The lock's key.
+    pub key: &'a [u8],
+    /// Who asks.
+    pub owner: &'a [u8],
+    /// Requested lease, ms.
+    pub ttl_ms: u64,
+    /// Block up to this many ms for the lock (`Some(0)`: no limit).
+    pub wait_ms: Option<u64>,
+    /// Release when the connection closes.
+    pub session: bool,
+}
+
+/// `LOCK.RELEASE key owner [FENCE token]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Release<'a> {
+    /// The lock's key.
+    pub key: &'a [u8],
+    /// Who asks.
+    pub owner: &'a [u8],
+    /// Required current token.
+    pub fence: Option<u64>,
+}
+
+/// `LOCK.EXTEND key owner ttl-ms [FENCE token]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extend<'a> {
+    /// The lock's key.
+    pub key: &'a [u8],
+    /// Who asks.
+    pub owner: &'a [u8],
+    /// New lease from now, ms.
+    pub ttl_ms: u64,
+    /// Required current token.
+    pub fence: Option<u64>,
+}
+
+/// `LOCK._GRANT key owner token deadline-ms acquired-at-ms extensions [SESSION]`:
+/// the replicated effect of a grant or extension.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant<'a> {
+    /// The lock's key.
+    pub key: &'a [u8],
+    /// The holder.
+    pub owner: &'a [u8],
+    /// The grant's token.
+    pub token: u64,
+    /// Absolute deadline, unix ms.
+    pub deadline_ms: i64,
+    /// Acquisition time, unix ms.
+    pub acquired_at_ms: i64,
+    /// Extension count.
+    pub extensions: u32,
+    /// Session-bound.
+    pub session: bool,
+}
+
+fn arity(cmd: &str) -> LockError {
+    LockError::syntax(format!("wrong number of arguments for '{cmd}' command"))
+}
+
+/// Parses a strictly formatted non-negative decimal integer (no sign, no
+/// spaces, at most 19 digits).
+pub fn parse_u64(arg: &[u8]) -> Option<u64> {
+    if arg.is_empty() || arg.len() > 19 || !arg.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(arg).ok()?.parse().ok()
+}
+
+/// Parses a strictly formatted signed decimal integer.
+pub fn parse_i64(arg: &[u8]) -> Option<i64> {
+    match arg.split_first() {
+        Some((b'-', digits)) => parse_u64(digits)
+            .and_then(|v| i64::try_from(v).ok())
+            .map(|v| -v),
+        _ => parse_u64(arg).and_then(|v| i64::try_from(v).ok()),
+    }
+}
+
+fn positive(arg: &[u8], what: &str) -> Result<u64, LockError> {
+    match parse_u64(arg) {
+        Some(v) if v > 0 && v <= i64::MAX as u64 => Ok(v),
+        _ => Err(LockError::syntax(format!("{what} must be a positive integer"))),
+    }
+}
+
+fn non_negative(arg: &[u8], what: &str) -> Result<u64, LockError> {
+    match parse_u64(arg) {
+        Some(v) if v <= i64::MAX as u64 => Ok(v),
+        _ => Err(LockError::syntax(format!("{what} must be a non-negative integer"))),
+    }
+}
+
+fn token(arg: &[u8]) -> Result<u64, LockError> {
+    match parse_u64(arg) {
+        Some(v) if v > 0 && v <= i64::MAX as u64 => Ok(v),
+        _ => Err(LockError::syntax("token must be a positive integer")),
+    }
+}
+
+fn owner(arg: &[u8]) -> Result<&[u8], LockError> {
+    if arg.is_empty() || arg.len() > MAX_OWNER_LEN {
+        Err(LockError::syntax(format!(
+            "owner must be 1 to {MAX_OWNER_LEN} bytes"
+        )))
+    } else {
+        Ok(arg)
+    }
+}
+
+/// Walks `[NAME value] [FLAG]` options. `with_value` names the options that
+/// take a value; each option may appear once.
+struct Options<'a, 'b> {
+    args: &'b [&'a [u8]],
+    seen: Vec<&'static str>,
+}
+
+impl<'a, 'b> Options<'a, 'b> {
+    fn new(args: &'b [&'a [u8]]) -> Self {
+        Options {
+            args,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next option: its canonical name (from `known`) and its value, if
+    /// it takes one.
+    fn next(
+        &mut self,
+        known: &[(&'static str, bool)],
+    ) -> Option<Result<(&'static str, Option<&'a [u8]>), LockError>> {
+        let (&name, rest) = self.args.split_first()?;
+        let Some(&(canonical, takes_value)) = known
+            .iter()
+            .find(|(k, _)| k.as_bytes().eq_ignore_ascii_case(name))
+        else {
+            return Some(Err(LockError::syntax(format!(
+                "unknown option '{}'",
+                String::from_utf8_lossy(name)
+            ))));
+        };
+        if self.seen.contains(&canonical) {
+            return Some(Err(LockError::syntax(format!(
+                "option {canonical} given more than once"
+            ))));
+        }
+        self.seen.push(canonical);
+        if takes_value {
+            let Some((&value, rest)) = rest.split_first() else {
+                return Some(Err(LockError::syntax(format!(
+                    "option {canonical} needs a value"
+                ))));
+            };
+            self.args = rest;
+            Some(Ok((canonical, Some(value))))
+        } else {
+            self.args = rest;
+            Some(Ok((canonical, None)))
+        }
+    }
+}
+
+/// Parses `LOCK.ACQUIRE` arguments.
+pub fn acquire<'a>(args: &[&'a [u8]]) -> Result<Acquire<'a>, LockError> {
+    let [key, who, ttl, rest @ ..] = args else {
+        return Err(arity("lock.acquire"));
+    };
+    let mut req = Acquire {
+        key,
+        owner: owner(who)?,
+        ttl_ms: positive(ttl, "ttl-ms")?,
+        wait_ms: None,
+        session: false,
+    };
+    let mut opts = Options::new(rest);
+    while let Some(opt) = opts.next(&[("WAIT", true), ("SESSION", false)]) {
+        match opt? {
+            ("WAIT", Some(v)) => req.wait_ms = Some(non_negative(v, "WAIT timeout-ms")?),
+            _ => req.session = true,
+        }
+    }
+    Ok(req)
+}
+
+/// Parses `LOCK.RELEASE` arguments.
+pub fn release<'a>(args: &[&'a [u8]]) -> Result<Release<'a>, LockError> {
+    let [key, who, rest @ ..] = args else {
+        return Err(arity("lock.release"));
+    };
+    Ok(Release {
+        key,
+        owner: owner(who)?,
+        fence: fence_option(rest)?,
+    })
+}
+
+/// Parses `LOCK.EXTEND` arguments.
+pub fn extend<'a>(args: &[&'a [u8]]) -> Result<Extend<'a>, LockError> {
+    let [key, who, ttl, rest @ ..] = args else {
+        return Err(arity("lock.extend"));
+    };
+    Ok(Extend {
+        key,
+        owner: owner(who)?,
+        ttl_ms: positive(ttl, "ttl-ms")?,
+        fence: fence_option(rest)?,
+    })
+}
+
+fn fence_option(rest: &[&[u8]]) -> Result<Option<u64>, LockError> {
+    let mut fence = None;
+    let mut opts = Options::new(rest);
+    while let Some(opt) = opts.next(&[("FENCE", true)]) {
+        if let (_, Some(v)) = opt? {
+            fence = Some(token(v)?);
+        }
+    }
+    Ok(fence)
+}
+
+/// Parses `LOCK._GRANT` arguments.
+pub fn grant<'a>(args: &[&'a [u8]]) -> Result<Grant<'a>, LockError> {
+    let [key, who, tok, deadline, acquired, extensions, rest @ ..] = args else {
+        return Err(arity("lock._grant"));
+    };
+    let tok = token(tok)?;
+    if tok > MAX_TOKEN {
+        return Err(LockError::syntax("token out of range"));
+    }
+    let time = |arg: &[u8], what: &str| {
+        parse_i64(arg).ok_or_else(|| LockError::syntax(format!("{what} must be an integer")))
+    };
+    let mut g = Grant {
+        key,
+        owner: owner(who)?,
+        token: tok,
+        deadline_ms: time(deadline, "deadline-ms")?,
+        acquired_at_ms: time(acquired, "acquired-at-ms")?,
+        extensions: parse_u64(extensions)
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| LockError::syntax("extensions must be a 32-bit unsigned integer"))?,
+        session: false,
+    };
+    if g.deadline_ms < g.acquired_at_ms {
+        return Err(LockError::syntax("deadline-ms is before acquired-at-ms"));
+    }
+    let mut opts = Options::new(rest);
+    while let Some(opt) = opts.next(&[("SESSION", false)]) {
+        opt?;
+        g.session = true;
+    }
+    Ok(g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn a<'a>(s: &'a [&'a str]) -> Vec<&'a [u8]> {
+        s.iter().map(|s| s.as_bytes()).collect()
+    }
+
+    #[test]
+    fn acquire_forms() {
+        let r = acquire(&a(&["k", "me", "100"])).unwrap();
+        assert_eq!((r.key, r.owner, r.ttl_ms, r.wait_ms, r.session), (&b"k"[..], &b"me"[..], 100, None, false));
+        let r = acquire(&a(&["k", "me", "100", "session", "WAIT", "0"])).unwrap();
+        assert_eq!((r.wait_ms, r.session), (Some(0), true));
+    }
+
+    #[test]
+    fn acquire_errors() {
+        for bad in [
+            &["k", "me"][..],
+            &["k", "me", "0"],
+            &["k", "me", "-5"],
+            &["k", "me", "+5"],
+            &["k", "me", "1.5"],
+            &["k", "me", " 5"],
+            &["k", "me", "99999999999999999999"],
+            &["k", "me", "9223372036854775808"],
+            &["k", "", "5"],
+            &["k", "me", "5", "WAIT"],
+            &["k", "me", "5", "WAIT", "x"],
+            &["k", "me", "5", "WAIT", "-1"],
+            &["k", "me", "5", "NOPE"],
+            &["k", "me", "5", "SESSION", "SESSION"],
+        ] {
+            let e = acquire(&a(bad)).unwrap_err();
+            assert_eq!(e.code(), "ERR", "{bad:?}");
+        }
+        let long = "x".repeat(MAX_OWNER_LEN + 1);
+        assert!(acquire(&a(&["k", &long, "5"])).is_err());
+        let max = "x".repeat(MAX_OWNER_LEN);
+        assert!(acquire(&a(&["k", &max, "5"])).is_ok());
+    }
+
+    #[test]
+    fn release_and_extend_forms() {
+        assert_eq!(release(&a(&["k", "me"])).unwrap().fence, None);
+        assert_eq!(release(&a(&["k", "me", "fence", "7"])).unwrap().fence, Some(7));
+        assert!(release(&a(&["k"])).is_err());
+        assert!(release(&a(&["k", "me", "FENCE"])).is_err());
+        assert!(release(&a(&["k", "me", "FENCE", "0"])).is_err());
+        assert!(release(&a(&["k", "me", "7"])).is_err());
+        let e = extend(&a(&["k", "me", "10", "FENCE", "3"])).unwrap();
+        assert_eq!((e.ttl_ms, e.fence), (10, Some(3)));
+        assert!(extend(&a(&["k", "me"])).is_err());
+        assert!(extend(&a(&["k", "me", "0"])).is_err());
+    }
+
+    #[test]
+    fn grant_forms() {
+        let g = grant(&a(&["k", "me", "5", "200", "100", "2", "SESSION"])).unwrap();
+        assert_eq!((g.token, g.deadline_ms, g.acquired_at_ms, g.extensions, g.session), (5, 200, 100, 2, true));
+        assert!(grant(&a(&["k", "me", "5", "100", "200", "0"])).is_err());
+        assert!(grant(&a(&["k", "me", "0", "200", "100", "0"])).is_err());
+        assert!(grant(&a(&["k", "me", "5", "200", "100"])).is_err());
+        let big = (MAX_TOKEN + 1).to_string();
+        assert!(grant(&a(&["k", "me", &big, "200", "100", "0"])).is_err());
+    }
+
+    #[test]
+    fn integers() {
+        assert_eq!(parse_i64(b"-12"), Some(-12));
+        assert_eq!(parse_i64(b"12"), Some(12));
+        assert_eq!(parse_i64(b"-"), None);
+        assert_eq!(parse_i64(b"--1"), None);
+        assert_eq!(parse_u64(b"18446744073709551615"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn parsers_never_panic(args in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..12), 0..9)) {
+            let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+            let _ = acquire(&args);
+            let _ = release(&args);
+            let _ = extend(&args);
+            let _ = grant(&args);
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! # lockwarden SDK
+//!
+//! * [`abi`]: the request/decision types and export names shared by the
+//!   policy host (inside the Redis module) and policies. Always available.
+//! * [`policy`] (feature `policy`, on by default): write a policy as one pure
+//!   function, export it with [`export_policy!`], test it natively with
+//!   [`policy::testing`].
+//! * `client` (feature `client`): a lock client for Rust applications.
+extern crate alloc;
+
+pub mod abi;
+pub mod glob;
+
+#[cfg(feature = "policy")]
+pub mod policy;
+
+pub use abi::{Caller, Decision, Holder, Operation, Request};
+pub use glob::glob_match;
+#[cfg(feature = "policy")]
+pub use policy::Policy;
