@@ -12,7 +12,7 @@
 //! | `TTLMIN`   | TTL below `lockwarden.min-ttl-ms` (after any policy clamp) |
 //! | `DENIED`   | a policy denied the command |
 //! | `POLICY`   | a policy failed (trap, fuel, memory, bad decision) under `policy-failure deny` |
-//! | `WRONGTYPE`| the key holds a value that is not a lock (decided by the adaptor) |
+//! | `WRONGTYPE`| the key holds a value that is not a lock |
 
 use std::fmt;
 
@@ -53,6 +53,8 @@ pub enum LockError {
         /// The policy's reason.
         reason: String,
     },
+    /// The key holds a value that is not a lock.
+    WrongType,
     /// A policy could not be evaluated.
     Policy {
         /// The policy's name.
@@ -73,6 +75,7 @@ impl LockError {
             LockError::TtlMin { .. } => "TTLMIN",
             LockError::Denied { .. } => "DENIED",
             LockError::Policy { .. } => "POLICY",
+            LockError::WrongType => "WRONGTYPE",
         }
     }
 
@@ -106,6 +109,9 @@ impl fmt::Display for LockError {
             }
             LockError::Policy { policy, cause } => {
                 write!(f, "policy {} failed: {}", Clean(policy), Clean(cause))
+            }
+            LockError::WrongType => {
+                f.write_str("Operation against a key holding the wrong kind of value")
             }
         }
     }
@@ -148,6 +154,7 @@ mod tests {
             LockError::TtlMin { requested: 1, min: 2 },
             LockError::Denied { policy: "p".into(), reason: "r".into() },
             LockError::Policy { policy: "p".into(), cause: "c".into() },
+            LockError::WrongType,
         ];
         for e in errors {
             let text = e.to_string();

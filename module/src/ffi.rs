@@ -1,0 +1,301 @@
+//! The thin, unsafe edge between Redis and the rest of the adaptor: calls into
+//! the module API, the panic barrier every callback goes through, and small
+//! RAII wrappers. Nothing here decides anything about locks.
+
+use redis_module::raw;
+use std::ffi::{CStr, c_char, c_int, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::ptr::NonNull;
+
+pub use raw::{RedisModuleCtx as Ctx, RedisModuleString as RString};
+
+/// Calls a module API function, which `RedisModule_Init` filled in. Every
+/// function used is checked at load time by [`missing_apis`], so the unwrap
+/// cannot fail afterwards.
+///
+/// Safety contract (why the macro may wrap the call in `unsafe`): callers
+/// pass only pointers Redis handed to the current callback (contexts, keys,
+/// strings, IO handles) or buffers that outlive the call, and variadic calls
+/// pass exactly the arguments their format string names.
+macro_rules! api {
+    ($name:ident $(, $arg:expr)* $(,)?) => {
+        // SAFETY: see the macro documentation; the function pointers are
+        // written once by RedisModule_Init before any callback runs.
+        unsafe { redis_module::raw::$name.unwrap()($($arg),*) }
+    };
+}
+pub(crate) use api;
+
+/// Names of required module API functions that this server does not export.
+pub fn missing_apis() -> Vec<&'static str> {
+    macro_rules! check {
+        ($($name:ident),* $(,)?) => {{
+            let mut missing = Vec::new();
+            // SAFETY: reading function pointers filled in by RedisModule_Init.
+            $( if unsafe { raw::$name }.is_none() { missing.push(stringify!($name)); } )*
+            missing
+        }};
+    }
+    check!(
+        RedisModule_OpenKey,
+        RedisModule_CloseKey,
+        RedisModule_KeyType,
+        RedisModule_ModuleTypeGetType,
+        RedisModule_ModuleTypeGetValue,
+        RedisModule_ModuleTypeSetValue,
+        RedisModule_SetAbsExpire,
+        RedisModule_DeleteKey,
+        RedisModule_Replicate,
+        RedisModule_ReplyWithArray,
+        RedisModule_ReplyWithMap,
+        RedisModule_ReplyWithLongLong,
+        RedisModule_ReplyWithNull,
+        RedisModule_ReplyWithError,
+        RedisModule_ReplyWithSimpleString,
+        RedisModule_ReplyWithStringBuffer,
+        RedisModule_StringPtrLen,
+        RedisModule_GetClientId,
+        RedisModule_GetClientInfoById,
+        RedisModule_GetContextFlags,
+        RedisModule_Milliseconds,
+        RedisModule_EmitAOF,
+        RedisModule_SaveStringBuffer,
+        RedisModule_LoadStringBuffer,
+        RedisModule_IsIOError,
+        RedisModule_DigestAddStringBuffer,
+        RedisModule_DigestAddLongLong,
+        RedisModule_DigestEndSequence,
+        RedisModule_Log,
+        RedisModule_Alloc,
+        RedisModule_Free,
+        RedisModule_SetModuleOptions,
+        RedisModule_CreateCommand,
+        RedisModule_GetCommand,
+        RedisModule_CreateSubcommand,
+        RedisModule_CreateDataType,
+        RedisModule_RegisterInfoFunc,
+        RedisModule_InfoAddSection,
+        RedisModule_InfoAddFieldLongLong,
+        RedisModule_InfoAddFieldULongLong,
+        RedisModule_InfoAddFieldCString,
+    )
+}
+
+/// Runs `f`, turning a panic into `fallback` and a log line: no panic may
+/// unwind into Redis.
+pub fn guard<R>(what: &str, fallback: R, f: impl FnOnce() -> R) -> R {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            tracing::error!("internal error in {what}: {msg}");
+            fallback
+        }
+    }
+}
+
+/// The bytes of a Redis string, borrowed for as long as the string lives.
+///
+/// # Safety
+/// `s` must be a valid string that outlives the returned slice.
+pub unsafe fn bytes<'a>(s: *const RString) -> &'a [u8] {
+    let mut len = 0usize;
+    let ptr = api!(RedisModule_StringPtrLen, s, &mut len);
+    if ptr.is_null() || len == 0 {
+        &[]
+    } else {
+        // SAFETY: Redis guarantees `len` readable bytes at `ptr`.
+        unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) }
+    }
+}
+
+/// A command invocation: the context and its arguments.
+pub struct Call<'a> {
+    pub ctx: *mut Ctx,
+    pub argv: &'a [*mut RString],
+}
+
+impl<'a> Call<'a> {
+    /// # Safety
+    /// Must be called with the pointers Redis passed to a command callback.
+    pub unsafe fn new(ctx: *mut Ctx, argv: *mut *mut RString, argc: c_int) -> Self {
+        let argv = if argv.is_null() || argc <= 0 {
+            &[][..]
+        } else {
+            // SAFETY: Redis passes `argc` valid string pointers.
+            unsafe { std::slice::from_raw_parts(argv, argc as usize) }
+        };
+        Call { ctx, argv }
+    }
+
+    /// The arguments after the command name, as byte slices.
+    pub fn args(&self) -> Vec<&'a [u8]> {
+        // SAFETY: the argument strings live until the command returns.
+        self.argv.iter().skip(1).map(|&s| unsafe { bytes(s) }).collect()
+    }
+
+    /// The key argument (argv[1]) as a Redis string, for opening and replication.
+    pub fn key(&self) -> *mut RString {
+        self.argv[1]
+    }
+
+    pub fn flags(&self) -> u32 {
+        context_flags(self.ctx)
+    }
+
+    pub fn client_id(&self) -> u64 {
+        api!(RedisModule_GetClientId, self.ctx)
+    }
+}
+
+pub fn context_flags(ctx: *mut Ctx) -> u32 {
+    api!(RedisModule_GetContextFlags, ctx) as u32
+}
+
+/// The time of the current command, in unix ms. On servers that export it
+/// (Redis 7.2+, Valkey) this is the cached command time, the very instant Redis
+/// uses to decide key expiry during the command; on 7.0 it is the wall clock,
+/// at most a fraction of a millisecond later.
+pub fn command_now_ms() -> i64 {
+    // SAFETY: reading a function pointer set by RedisModule_Init.
+    match unsafe { raw::RedisModule_CachedMicroseconds } {
+        // SAFETY: no arguments.
+        Some(cached) => (unsafe { cached() }) / 1000,
+        None => wall_now_ms(),
+    }
+}
+
+/// The wall clock now, in unix ms.
+pub fn wall_now_ms() -> i64 {
+    api!(RedisModule_Milliseconds)
+}
+
+pub const CTX_REPLICATED: u32 = raw::REDISMODULE_CTX_FLAGS_REPLICATED;
+pub const CTX_LOADING: u32 = raw::REDISMODULE_CTX_FLAGS_LOADING;
+
+/// An open key, closed on drop.
+pub struct Key {
+    ptr: NonNull<raw::RedisModuleKey>,
+}
+
+/// What an open key holds.
+pub enum Slot<'k, T> {
+    Empty,
+    Ours(&'k mut T),
+    Other,
+}
+
+impl Key {
+    /// Opens a key for writing (on a primary, this expires it first if its
+    /// time has passed).
+    pub fn write(ctx: *mut Ctx, name: *mut RString) -> Key {
+        Self::open(ctx, name, raw::REDISMODULE_READ | raw::REDISMODULE_WRITE)
+            .expect("RedisModule_OpenKey returned NULL for writing")
+    }
+
+    /// Opens a key for reading; `None` when it does not exist (or has
+    /// logically expired).
+    pub fn read(ctx: *mut Ctx, name: *mut RString) -> Option<Key> {
+        Self::open(ctx, name, raw::REDISMODULE_READ)
+    }
+
+    fn open(ctx: *mut Ctx, name: *mut RString, mode: u32) -> Option<Key> {
+        let ptr = api!(RedisModule_OpenKey, ctx, name, mode as c_int).cast::<raw::RedisModuleKey>();
+        NonNull::new(ptr).map(|ptr| Key { ptr })
+    }
+
+    pub fn raw(&self) -> *mut raw::RedisModuleKey {
+        self.ptr.as_ptr()
+    }
+
+    /// The key's value, if it is empty or of module type `ty`.
+    pub fn slot<T>(&mut self, ty: *mut raw::RedisModuleType) -> Slot<'_, T> {
+        let kind = api!(RedisModule_KeyType, self.raw());
+        if kind == raw::REDISMODULE_KEYTYPE_EMPTY as c_int {
+            return Slot::Empty;
+        }
+        if kind == raw::REDISMODULE_KEYTYPE_MODULE as c_int
+            && api!(RedisModule_ModuleTypeGetType, self.raw()) == ty
+        {
+            let v = api!(RedisModule_ModuleTypeGetValue, self.raw()).cast::<T>();
+            // SAFETY: values of our type are always `Box<T>` pointers we set.
+            if let Some(v) = unsafe { v.as_mut() } {
+                return Slot::Ours(v);
+            }
+        }
+        Slot::Other
+    }
+
+    /// Stores `value`, replacing whatever was there (and its expiry).
+    pub fn set<T>(&mut self, ty: *mut raw::RedisModuleType, value: Box<T>) {
+        let ptr = Box::into_raw(value).cast::<c_void>();
+        let rc = api!(RedisModule_ModuleTypeSetValue, self.raw(), ty, ptr);
+        if rc != raw::REDISMODULE_OK as c_int {
+            // SAFETY: Redis did not take ownership; reclaim the box.
+            drop(unsafe { Box::from_raw(ptr.cast::<T>()) });
+            panic!("RedisModule_ModuleTypeSetValue failed");
+        }
+    }
+
+    /// Sets the key's absolute expiry (unix ms).
+    pub fn expire_at(&mut self, ms: i64) {
+        api!(RedisModule_SetAbsExpire, self.raw(), ms);
+    }
+
+    pub fn delete(&mut self) {
+        api!(RedisModule_DeleteKey, self.raw());
+    }
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        api!(RedisModule_CloseKey, self.raw());
+    }
+}
+
+/// Replies.
+pub mod reply {
+    use super::*;
+
+    pub fn error(ctx: *mut Ctx, msg: &str) {
+        // Redis adds the leading '-'; the message must be one line.
+        let clean: String = msg.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect();
+        let c = std::ffi::CString::new(clean.replace('\0', " ")).expect("no NUL");
+        api!(RedisModule_ReplyWithError, ctx, c.as_ptr());
+    }
+
+    pub fn ok(ctx: *mut Ctx) {
+        api!(RedisModule_ReplyWithSimpleString, ctx, c"OK".as_ptr());
+    }
+
+    pub fn int(ctx: *mut Ctx, v: i64) {
+        api!(RedisModule_ReplyWithLongLong, ctx, v);
+    }
+
+    pub fn null(ctx: *mut Ctx) {
+        api!(RedisModule_ReplyWithNull, ctx);
+    }
+
+    pub fn array(ctx: *mut Ctx, len: usize) {
+        api!(RedisModule_ReplyWithArray, ctx, len as _);
+    }
+
+    /// A map of `len` pairs (a flat array of 2×len under RESP2).
+    pub fn map(ctx: *mut Ctx, len: usize) {
+        api!(RedisModule_ReplyWithMap, ctx, len as _);
+    }
+
+    pub fn bulk(ctx: *mut Ctx, b: &[u8]) {
+        api!(RedisModule_ReplyWithStringBuffer, ctx, b.as_ptr().cast::<c_char>(), b.len());
+    }
+}
+
+/// Logs through Redis's log (thread-safe with a NULL context).
+pub fn log(level: &CStr, msg: &str) {
+    let c = std::ffi::CString::new(msg.replace('\0', " ")).expect("no NUL");
+    api!(RedisModule_Log, std::ptr::null_mut(), level.as_ptr(), c"%s".as_ptr(), c.as_ptr());
+}

@@ -1,0 +1,43 @@
+//! The `lockwarden` section of `INFO`.
+
+use crate::ffi::{self, Ctx, api};
+use crate::{state, stats};
+use redis_module::raw;
+use std::ffi::{CString, c_int};
+
+unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: c_int) {
+    ffi::guard("info", (), || {
+        api!(RedisModule_InfoAddSection, ctx, c"".as_ptr());
+        let field = |name: &str, v: u64| {
+            let name = CString::new(name).expect("no NUL");
+            api!(RedisModule_InfoAddFieldULongLong, ctx, name.as_ptr(), v);
+        };
+        field("locks_held", stats::locks() as u64);
+        for (name, counter) in [
+            ("acquires_granted", &stats::ACQUIRES_GRANTED),
+            ("acquires_retried", &stats::ACQUIRES_RETRIED),
+            ("acquires_contended", &stats::ACQUIRES_CONTENDED),
+            ("releases", &stats::RELEASES),
+            ("extends", &stats::EXTENDS),
+            ("errors_notowner", &stats::ERRORS_NOTOWNER),
+            ("errors_notheld", &stats::ERRORS_NOTHELD),
+            ("rejected_ttlmax", &stats::REJECTED_TTLMAX),
+            ("rejected_ttlmin", &stats::REJECTED_TTLMIN),
+            ("policy_denials", &stats::POLICY_DENIALS),
+            ("policy_failures", &stats::POLICY_FAILURES),
+            ("expired_while_held", &stats::EXPIRED_WHILE_HELD),
+            ("deleted_while_held", &stats::DELETED_WHILE_HELD),
+        ] {
+            field(name, counter.get());
+        }
+        field("token_high_water", state::high_water());
+    })
+}
+
+pub fn register(ctx: *mut Ctx) -> Result<(), String> {
+    if api!(RedisModule_RegisterInfoFunc, ctx, Some(info)) == raw::REDISMODULE_OK as c_int {
+        Ok(())
+    } else {
+        Err("could not register the INFO section".into())
+    }
+}

@@ -1,0 +1,58 @@
+//! Node-wide state in the RDB: an aux field written before the keyspace with
+//! the token high-water mark and the process incarnation.
+//!
+//! Loading it raises the token clock (so tokens never go back after a restart
+//! from RDB or `DEBUG RELOAD`, even if every lock had been released), and tells
+//! [`crate::lease_type`] whether client ids in the RDB belong to this very
+//! process (only then are they kept: a client id means nothing to another
+//! process).
+
+use crate::ffi::{self, api};
+use crate::state::{self, MainThread};
+use redis_module::raw;
+use std::cell::Cell;
+use std::ffi::c_int;
+
+const AUX_V1: u64 = 1;
+
+/// True between loading an aux field written by this process and the end of
+/// that load.
+static KEEP_CLIENT_IDS: MainThread<Cell<bool>> = MainThread::new(Cell::new(false));
+
+pub fn keeps_client_ids() -> bool {
+    KEEP_CLIENT_IDS.get().get()
+}
+
+/// The RDB load finished (or failed): later `RESTORE`s come from elsewhere.
+pub fn loading_ended() {
+    KEEP_CLIENT_IDS.get().set(false);
+}
+
+pub unsafe extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, when: c_int) {
+    ffi::guard("aux_save", (), || {
+        if when != raw::REDISMODULE_AUX_BEFORE_RDB as c_int {
+            return;
+        }
+        api!(RedisModule_SaveUnsigned, rdb, AUX_V1);
+        api!(RedisModule_SaveUnsigned, rdb, state::high_water());
+        api!(RedisModule_SaveUnsigned, rdb, state::incarnation());
+    })
+}
+
+pub unsafe extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, _encver: c_int, when: c_int) -> c_int {
+    ffi::guard("aux_load", raw::REDISMODULE_ERR as c_int, || {
+        if when != raw::REDISMODULE_AUX_BEFORE_RDB as c_int {
+            return raw::REDISMODULE_ERR as c_int;
+        }
+        let version = api!(RedisModule_LoadUnsigned, rdb);
+        let high_water = api!(RedisModule_LoadUnsigned, rdb);
+        let incarnation = api!(RedisModule_LoadUnsigned, rdb);
+        if api!(RedisModule_IsIOError, rdb) != 0 || version != AUX_V1 {
+            tracing::warn!("cannot load lockwarden aux data (version {version})");
+            return raw::REDISMODULE_ERR as c_int;
+        }
+        state::observe_token(high_water);
+        KEEP_CLIENT_IDS.get().set(incarnation == state::incarnation());
+        raw::REDISMODULE_OK as c_int
+    })
+}
