@@ -1,26 +1,31 @@
-//! The lock commands: parse → read state → core rules → apply the effect →
-//! replicate the effect → count → reply. Every decision is made in
-//! `lockwarden_core`; this file only moves data between Redis and it.
+//! The lock commands: parse → read state → policies → core rules → apply the
+//! effect → replicate the effect → notify and count → reply. Every decision
+//! is made in `lockwarden_core`; this file only moves data between Redis and
+//! it.
 
-use crate::ffi::{self, Call, Key, Slot, api, reply};
+use crate::ffi::{self, Call, Key, RString, Slot, api, reply};
 use crate::lease_type::{self, ty};
-use crate::{config, replicate, state, stats};
+use crate::waiters::{self, LockKey};
+use crate::{config, replicate, sessions, state, stats};
 use lockwarden_core::rules::{self, Acquired, Caller};
 use lockwarden_core::{Lease, LockError, parse};
 use redis_module::raw;
-use std::ffi::c_int;
+use std::ffi::{CStr, c_int};
 
 /// What a command handler returns: `Ok` once it has replied.
 type Outcome = Result<(), LockError>;
 
 /// Runs a command handler behind the panic barrier and turns its error into
 /// the one error reply.
-pub fn run(ctx: *mut ffi::Ctx, argv: *mut *mut ffi::RString, argc: c_int, handler: fn(&Call) -> Outcome) -> c_int {
+pub fn run(ctx: *mut ffi::Ctx, argv: *mut *mut RString, argc: c_int, handler: fn(&Call) -> Outcome) -> c_int {
     let completed = ffi::guard("command", false, || {
         // SAFETY: the pointers come straight from Redis's command callback.
         let call = unsafe { Call::new(ctx, argv, argc) };
         if let Err(e) = handler(&call) {
             stats::error(&e);
+            if matches!(e, LockError::Denied { .. }) && call.argv.len() > 1 {
+                ffi::notify(ctx, c"lock.denied", call.key());
+            }
             reply::error(ctx, &e.to_string());
         }
         true
@@ -34,20 +39,52 @@ pub fn run(ctx: *mut ffi::Ctx, argv: *mut *mut ffi::RString, argc: c_int, handle
 }
 
 /// The lease in `key`, if it holds one; `WRONGTYPE` if it holds anything else.
-fn current(key: &mut Key) -> Result<Option<&mut Lease>, LockError> {
+fn current(key: &mut Key) -> Result<Option<&Lease>, LockError> {
     match key.slot::<Lease>(ty()) {
         Slot::Empty => Ok(None),
-        Slot::Ours(l) => Ok(Some(l)),
+        Slot::Ours(l) => Ok(Some(&*l)),
         Slot::Other => Err(LockError::WrongType),
     }
 }
 
-/// Stores `lease` in `key` (updating an existing lease in place) with its
-/// deadline as the key's absolute expiry. Does not replicate.
-fn put(key: &mut Key, lease: Lease) {
+/// Why a lease is being installed, for the keyspace event.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum GrantKind {
+    Acquired,
+    Extended,
+}
+
+/// Applies a grant or extension decided on this node: replicates it, stores
+/// `lease` in `key` (updating an existing lease in place, with its deadline
+/// as the key's absolute expiry), keeps the session index, publishes the
+/// keyspace event.
+pub fn install(ctx: *mut ffi::Ctx, key: &mut Key, lk: &LockKey, name: *mut RString, lease: Lease, kind: GrantKind, now_ms: i64) {
+    replicate::grant(ctx, name, &lease);
+    sessions::track(&lease, lk.db, &lk.name);
+    put(key, lease, now_ms);
+    ffi::notify(
+        ctx,
+        match kind {
+            GrantKind::Acquired => c"lock.acquired",
+            GrantKind::Extended => c"lock.extended",
+        },
+        name,
+    );
+}
+
+/// Stores `lease` in `key` without replicating it.
+fn put(key: &mut Key, lease: Lease, now_ms: i64) {
     let deadline = lease.deadline_ms;
     match key.slot::<Lease>(ty()) {
         Slot::Ours(existing) => {
+            if existing.token != lease.token {
+                // A new grant over an expired lease Redis had not reclaimed
+                // yet: that lease expired while held.
+                stats::lock_unlinked(existing, now_ms);
+            }
+            if existing.token != lease.token || existing.client_id != lease.client_id {
+                sessions::forget(existing);
+            }
             *existing = lease;
             key.expire_at(deadline);
         }
@@ -55,17 +92,36 @@ fn put(key: &mut Key, lease: Lease) {
     }
 }
 
+pub fn notify_released(ctx: *mut ffi::Ctx, name: *mut RString) {
+    ffi::notify(ctx, c"lock.released", name);
+}
+
+fn lock_key(call: &Call) -> LockKey {
+    // SAFETY: argv[1] lives for the whole command.
+    LockKey {
+        db: call.db(),
+        name: unsafe { ffi::bytes(call.key()) }.into(),
+    }
+}
+
 /// `LOCK.ACQUIRE key owner ttl-ms [WAIT timeout-ms] [SESSION]`
 pub fn acquire(call: &Call) -> Outcome {
     let args = call.args();
     let req = parse::acquire(&args)?;
+    let lk = lock_key(call);
+    // Earlier waiters come first: if the lock is free but clients queue for
+    // it, hand it to them before considering this request.
+    if waiters::len(&lk) > 0 {
+        waiters::serve(call.ctx, &lk, call.key());
+    }
     let now = ffi::command_now_ms();
     let mut key = Key::write(call.ctx, call.key());
     let limits = config::ttl_limits();
     let caller = Caller {
         client_id: call.client_id(),
     };
-    let held = current(&mut key)?.map(|l| &*l);
+    let held = current(&mut key)?;
+    let holder_deadline = held.map(|l| l.deadline_ms);
     let outcome = state::with_clock(|clock| rules::acquire(held, &req, caller, None, &limits, clock, now))?;
     match outcome {
         Acquired::Granted { lease, ttl_ms, fresh } => {
@@ -75,15 +131,21 @@ pub fn acquire(call: &Call) -> Outcome {
                 stats::ACQUIRES_RETRIED.incr();
             }
             let token = lease.token;
-            replicate::grant(call.ctx, call.key(), &lease);
-            put(&mut key, lease);
+            install(call.ctx, &mut key, &lk, call.key(), lease, GrantKind::Acquired, now);
             reply::array(call.ctx, 2);
             reply::int(call.ctx, token as i64);
             reply::int(call.ctx, ttl_ms as i64);
         }
         Acquired::Contended => {
             stats::ACQUIRES_CONTENDED.incr();
-            reply::null(call.ctx);
+            match req.wait_ms {
+                Some(timeout) if call.flags() & ffi::CTX_NO_BLOCKING == 0 => {
+                    drop(key);
+                    let deadline = holder_deadline.unwrap_or(now);
+                    waiters::block(call.ctx, lk, &req, None, timeout, deadline);
+                }
+                _ => reply::null(call.ctx),
+            }
         }
     }
     Ok(())
@@ -95,10 +157,16 @@ pub fn release(call: &Call) -> Outcome {
     let req = parse::release(&args)?;
     let now = ffi::command_now_ms();
     let mut key = Key::write(call.ctx, call.key());
-    rules::release(current(&mut key)?.map(|l| &*l), &req, now)?;
+    rules::release(current(&mut key)?, &req, now)?;
     state::own_write(|| key.delete());
+    drop(key);
     replicate::delete(call.ctx, call.key());
     stats::RELEASES.incr();
+    notify_released(call.ctx, call.key());
+    let lk = lock_key(call);
+    if waiters::len(&lk) > 0 {
+        waiters::serve(call.ctx, &lk, call.key());
+    }
     reply::int(call.ctx, 1);
     Ok(())
 }
@@ -110,12 +178,17 @@ pub fn extend(call: &Call) -> Outcome {
     let now = ffi::command_now_ms();
     let mut key = Key::write(call.ctx, call.key());
     let limits = config::ttl_limits();
-    let (lease, ttl_ms) = rules::extend(current(&mut key)?.map(|l| &*l), &req, None, &limits, now)?;
-    replicate::grant(call.ctx, call.key(), &lease);
-    put(&mut key, lease);
+    let (lease, ttl_ms) = rules::extend(current(&mut key)?, &req, None, &limits, now)?;
+    install(call.ctx, &mut key, &lock_key(call), call.key(), lease, GrantKind::Extended, now);
     stats::EXTENDS.incr();
     reply::int(call.ctx, ttl_ms as i64);
     Ok(())
+}
+
+/// Is the connection that acquired `lease` connected to this node?
+fn holder_connected(lease: &Lease) -> bool {
+    lease.client_id != 0
+        && api!(RedisModule_GetClientInfoById, std::ptr::null_mut(), lease.client_id) == raw::REDISMODULE_OK as c_int
 }
 
 /// `LOCK.INFO key`: nil when free, otherwise a map describing the holder.
@@ -132,24 +205,23 @@ pub fn info(call: &Call) -> Outcome {
         reply::null(call.ctx);
         return Ok(());
     };
-    let connected = lease.client_id != 0
-        && api!(RedisModule_GetClientInfoById, std::ptr::null_mut(), lease.client_id) == raw::REDISMODULE_OK as c_int;
-    let ctx = call.ctx;
-    let fields: [(&[u8], i64); 8] = [
-        (b"token", lease.token as i64),
-        (b"ttl", lease.ttl_ms(now) as i64),
-        (b"acquired-at", lease.acquired_at_ms),
-        (b"held", lease.held_ms(now) as i64),
-        (b"extensions", lease.extensions as i64),
-        (b"client-id", lease.client_id as i64),
-        (b"client-connected", connected as i64),
-        (b"session", lease.session as i64),
+    let fields: [(&CStr, i64); 9] = [
+        (c"token", lease.token as i64),
+        (c"ttl", lease.ttl_ms(now) as i64),
+        (c"acquired-at", lease.acquired_at_ms),
+        (c"held", lease.held_ms(now) as i64),
+        (c"extensions", lease.extensions as i64),
+        (c"client-id", lease.client_id as i64),
+        (c"client-connected", holder_connected(lease) as i64),
+        (c"session", lease.session as i64),
+        (c"waiters", waiters::len(&lock_key(call)) as i64),
     ];
+    let ctx = call.ctx;
     reply::map(ctx, 1 + fields.len());
     reply::bulk(ctx, b"owner");
     reply::bulk(ctx, &lease.owner);
     for (name, value) in fields {
-        reply::bulk(ctx, name);
+        reply::bulk(ctx, name.to_bytes());
         reply::int(ctx, value);
     }
     Ok(())
@@ -177,7 +249,8 @@ pub fn grant(call: &Call) -> Outcome {
         client_id: 0,
     };
     let mut key = Key::write(call.ctx, call.key());
-    state::own_write(|| put(&mut key, lease));
+    let now = ffi::command_now_ms();
+    state::own_write(|| put(&mut key, lease, now));
     // Into this node's own AOF (a replica proxies the stream to its replicas).
     api!(RedisModule_ReplicateVerbatim, call.ctx);
     reply::ok(call.ctx);

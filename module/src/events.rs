@@ -1,11 +1,48 @@
-//! Server events the module follows: the end of a load (client ids in an RDB
-//! are trusted only during that load) and replication role changes (only a
-//! primary counts expirations and issues grants).
+//! Server and keyspace events the module follows:
+//! * end of a load: client ids in an RDB are trusted only during that load;
+//! * replication role changes: only a primary counts expirations;
+//! * client disconnects: session locks are released;
+//! * FLUSHDB/FLUSHALL and SWAPDB: waiters are served (no per-key callback
+//!   runs when a whole database is emptied or swapped);
+//! * key expiry: a lock whose lease ran out while held is published as the
+//!   module keyspace event `lock.expired`.
 
-use crate::ffi::{self, Ctx, api};
-use crate::{persist, state};
+use crate::ffi::{self, Ctx, RString, api};
+use crate::state::MainThread;
+use crate::{persist, sessions, state, waiters};
+use lockwarden_core::Lease;
 use redis_module::raw;
-use std::ffi::{c_int, c_void};
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_void};
+
+/// The lock key the unlink callback just saw expire; the `expired` keyspace
+/// event that Redis fires right after the deletion picks it up.
+static EXPIRED: MainThread<RefCell<Option<Box<[u8]>>>> = MainThread::new(RefCell::new(None));
+
+/// Called from the unlink callback for every lease that leaves the keyspace.
+pub fn lock_gone(name: &[u8], lease: &Lease, now_ms: i64) {
+    if state::is_primary() && !lease.is_live(now_ms) {
+        *EXPIRED.get().borrow_mut() = Some(name.into());
+    }
+}
+
+unsafe extern "C" fn on_expired(ctx: *mut Ctx, _type: c_int, _event: *const c_char, key: *mut RString) -> c_int {
+    ffi::guard("expired event", (), || {
+        let was_lock = {
+            let mut stash = EXPIRED.get().borrow_mut();
+            // SAFETY: the key string lives for the duration of the callback.
+            let hit = stash.as_deref() == Some(unsafe { ffi::bytes(key) });
+            if hit {
+                *stash = None;
+            }
+            hit
+        };
+        if was_lock {
+            ffi::notify(ctx, c"lock.expired", key);
+        }
+    });
+    raw::REDISMODULE_OK as c_int
+}
 
 unsafe extern "C" fn on_loading(_ctx: *mut Ctx, _event: raw::RedisModuleEvent, sub: u64, _data: *mut c_void) {
     ffi::guard("loading event", (), || {
@@ -21,6 +58,28 @@ unsafe extern "C" fn on_role_change(_ctx: *mut Ctx, _event: raw::RedisModuleEven
     })
 }
 
+unsafe extern "C" fn on_client_change(_ctx: *mut Ctx, _event: raw::RedisModuleEvent, sub: u64, data: *mut c_void) {
+    ffi::guard("client event", (), || {
+        if sub == raw::REDISMODULE_SUBEVENT_CLIENT_CHANGE_DISCONNECTED {
+            // SAFETY: CLIENT_CHANGE passes a RedisModuleClientInfo.
+            if let Some(info) = unsafe { data.cast::<raw::RedisModuleClientInfo>().as_ref() } {
+                sessions::client_gone(info.id);
+            }
+        }
+    })
+}
+
+/// FLUSHDB/FLUSHALL ended or databases were swapped: locks may be gone.
+unsafe extern "C" fn on_keyspace_reset(_ctx: *mut Ctx, event: raw::RedisModuleEvent, sub: u64, _data: *mut c_void) {
+    ffi::guard("flush event", (), || {
+        if event.id == raw::REDISMODULE_EVENT_SWAPDB || sub == raw::REDISMODULE_SUBEVENT_FLUSHDB_END {
+            for lk in waiters::all_keys() {
+                waiters::schedule(&lk);
+            }
+        }
+    })
+}
+
 fn subscribe(ctx: *mut Ctx, id: u64, cb: raw::RedisModuleEventCallback) -> Result<(), String> {
     let event = raw::RedisModuleEvent { id, dataver: 1 };
     if api!(RedisModule_SubscribeToServerEvent, ctx, event, cb) == raw::REDISMODULE_OK as c_int {
@@ -33,5 +92,14 @@ fn subscribe(ctx: *mut Ctx, id: u64, cb: raw::RedisModuleEventCallback) -> Resul
 pub fn register(ctx: *mut Ctx) -> Result<(), String> {
     state::set_primary(ffi::context_flags(ctx) & raw::REDISMODULE_CTX_FLAGS_SLAVE == 0);
     subscribe(ctx, raw::REDISMODULE_EVENT_LOADING, Some(on_loading))?;
-    subscribe(ctx, raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED, Some(on_role_change))
+    subscribe(ctx, raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED, Some(on_role_change))?;
+    subscribe(ctx, raw::REDISMODULE_EVENT_CLIENT_CHANGE, Some(on_client_change))?;
+    subscribe(ctx, raw::REDISMODULE_EVENT_FLUSHDB, Some(on_keyspace_reset))?;
+    subscribe(ctx, raw::REDISMODULE_EVENT_SWAPDB, Some(on_keyspace_reset))?;
+    if api!(RedisModule_SubscribeToKeyspaceEvents, ctx, raw::REDISMODULE_NOTIFY_EXPIRED, Some(on_expired))
+        != raw::REDISMODULE_OK as c_int
+    {
+        return Err("could not subscribe to expired keyspace events".into());
+    }
+    Ok(())
 }

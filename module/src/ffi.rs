@@ -78,6 +78,36 @@ pub fn missing_apis() -> Vec<&'static str> {
         RedisModule_InfoAddFieldLongLong,
         RedisModule_InfoAddFieldULongLong,
         RedisModule_InfoAddFieldCString,
+        RedisModule_BlockClient,
+        RedisModule_UnblockClient,
+        RedisModule_GetBlockedClientPrivateData,
+        RedisModule_GetBlockedClientHandle,
+        RedisModule_SetDisconnectCallback,
+        RedisModule_CreateTimer,
+        RedisModule_StopTimer,
+        RedisModule_SelectDb,
+        RedisModule_GetSelectedDb,
+        RedisModule_CreateString,
+        RedisModule_FreeString,
+        RedisModule_GetDetachedThreadSafeContext,
+        RedisModule_NotifyKeyspaceEvent,
+        RedisModule_SubscribeToKeyspaceEvents,
+        RedisModule_SubscribeToServerEvent,
+        RedisModule_ReplicateVerbatim,
+        RedisModule_RegisterNumericConfig,
+        RedisModule_RegisterBoolConfig,
+        RedisModule_RegisterEnumConfig,
+        RedisModule_LoadConfigs,
+        RedisModule_SaveUnsigned,
+        RedisModule_LoadUnsigned,
+        RedisModule_Call,
+        RedisModule_CallReplyType,
+        RedisModule_CallReplyInteger,
+        RedisModule_CallReplyLength,
+        RedisModule_CallReplyArrayElement,
+        RedisModule_CallReplyStringPtr,
+        RedisModule_FreeCallReply,
+        RedisModule_GetClientUserNameById,
     )
 }
 
@@ -111,6 +141,62 @@ pub unsafe fn bytes<'a>(s: *const RString) -> &'a [u8] {
         // SAFETY: Redis guarantees `len` readable bytes at `ptr`.
         unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) }
     }
+}
+
+/// A Redis string the module created, freed on drop.
+pub struct OwnedString {
+    ptr: *mut RString,
+}
+
+impl OwnedString {
+    pub fn new(bytes: &[u8]) -> Self {
+        OwnedString {
+            ptr: api!(RedisModule_CreateString, std::ptr::null_mut(), bytes.as_ptr().cast(), bytes.len()),
+        }
+    }
+
+    pub fn raw(&self) -> *mut RString {
+        self.ptr
+    }
+}
+
+impl Drop for OwnedString {
+    fn drop(&mut self) {
+        api!(RedisModule_FreeString, std::ptr::null_mut(), self.ptr);
+    }
+}
+
+/// A context the module keeps for its own timers (created at load).
+static TIMER_CTX: std::sync::atomic::AtomicPtr<Ctx> = std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+pub fn init_timer_ctx(ctx: *mut Ctx) {
+    TIMER_CTX.store(api!(RedisModule_GetDetachedThreadSafeContext, ctx), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Starts a one-shot timer calling `cb(ctx, data)` after `delay_ms`.
+pub fn start_timer(delay_ms: i64, cb: unsafe extern "C" fn(*mut Ctx, *mut c_void), data: *mut c_void) -> u64 {
+    let ctx = TIMER_CTX.load(std::sync::atomic::Ordering::Relaxed);
+    api!(RedisModule_CreateTimer, ctx, delay_ms.max(0), Some(cb), data)
+}
+
+/// Stops a timer that has not fired; returns its data pointer.
+pub fn stop_timer(id: u64) -> Option<*mut c_void> {
+    let ctx = TIMER_CTX.load(std::sync::atomic::Ordering::Relaxed);
+    let mut data = std::ptr::null_mut();
+    (api!(RedisModule_StopTimer, ctx, id, &mut data) == raw::REDISMODULE_OK as c_int).then_some(data)
+}
+
+pub fn selected_db(ctx: *mut Ctx) -> i32 {
+    api!(RedisModule_GetSelectedDb, ctx)
+}
+
+pub fn select_db(ctx: *mut Ctx, db: i32) {
+    api!(RedisModule_SelectDb, ctx, db);
+}
+
+/// Publishes a module keyspace event (`notify-keyspace-events` class `d`).
+pub fn notify(ctx: *mut Ctx, event: &CStr, key: *mut RString) {
+    api!(RedisModule_NotifyKeyspaceEvent, ctx, raw::REDISMODULE_NOTIFY_MODULE, event.as_ptr(), key);
 }
 
 /// A command invocation: the context and its arguments.
@@ -150,6 +236,10 @@ impl<'a> Call<'a> {
     pub fn client_id(&self) -> u64 {
         api!(RedisModule_GetClientId, self.ctx)
     }
+
+    pub fn db(&self) -> i32 {
+        selected_db(self.ctx)
+    }
 }
 
 pub fn context_flags(ctx: *mut Ctx) -> u32 {
@@ -175,6 +265,9 @@ pub fn wall_now_ms() -> i64 {
 }
 
 pub const CTX_REPLICATED: u32 = raw::REDISMODULE_CTX_FLAGS_REPLICATED;
+/// Contexts in which a command must not block (MULTI/EXEC, scripts, ...).
+pub const CTX_NO_BLOCKING: u32 =
+    raw::REDISMODULE_CTX_FLAGS_MULTI | raw::REDISMODULE_CTX_FLAGS_LUA | raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING;
 pub const CTX_LOADING: u32 = raw::REDISMODULE_CTX_FLAGS_LOADING;
 
 /// An open key, closed on drop.

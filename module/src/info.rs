@@ -1,7 +1,7 @@
 //! The `lockwarden` section of `INFO`.
 
 use crate::ffi::{self, Ctx, api};
-use crate::{state, stats};
+use crate::{state, stats, waiters};
 use redis_module::raw;
 use std::ffi::{CString, c_int};
 
@@ -30,6 +30,22 @@ unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: 
         ] {
             field(name, counter.get());
         }
+        field("waiters", waiters::total() as u64);
+        for (name, counter) in [
+            ("handoffs", &stats::HANDOFFS),
+            ("wait_timeouts", &stats::WAIT_TIMEOUTS),
+            ("session_releases", &stats::SESSION_RELEASES),
+        ] {
+            field(name, counter.get());
+        }
+        let (p50, p99, max) = stats::wait_us();
+        field("wait_p50_us", p50);
+        field("wait_p99_us", p99);
+        field("wait_max_us", max);
+        let (p50, p99, max) = stats::hold_ms();
+        field("hold_p50_ms", p50);
+        field("hold_p99_ms", p99);
+        field("hold_max_ms", max);
         field("token_high_water", state::high_water());
     })
 }

@@ -8,7 +8,7 @@
 //! token high-water mark and the policy registry (see [`crate::persist`]).
 
 use crate::ffi::{self, api};
-use crate::{persist, replicate, state, stats};
+use crate::{events, persist, replicate, sessions, state, stats, waiters};
 use lockwarden_core::lease::{self, Lease};
 use redis_module::native_types::RedisType;
 use redis_module::raw;
@@ -138,12 +138,23 @@ unsafe extern "C" fn free(value: *mut c_void) {
     })
 }
 
-unsafe extern "C" fn unlink(_key: *mut raw::RedisModuleString, value: *const c_void) {
-    // Called on the main thread when the key leaves the keyspace (DEL,
-    // expiry, overwrite, FLUSH*... except whole-database frees).
+unsafe extern "C" fn unlink(key: *mut raw::RedisModuleString, value: *const c_void) {
+    // Called on the main thread when the key leaves the keyspace: DEL,
+    // UNLINK, expiry, eviction, overwrite, RENAME/MOVE away — not when a whole
+    // database is emptied (FLUSHALL, see `events`). No writes are allowed
+    // here; waiters are served from a timer.
     ffi::guard("unlink", (), || {
-        // SAFETY: our values are always `Box<Lease>`.
-        let lease = unsafe { &*value.cast::<Lease>() };
-        stats::lock_unlinked(lease, ffi::wall_now_ms());
+        // SAFETY: our values are always `Box<Lease>`; the key name lives for
+        // the duration of the callback.
+        let (lease, name) = unsafe { (&*value.cast::<Lease>(), ffi::bytes(key)) };
+        let now = ffi::wall_now_ms();
+        stats::lock_unlinked(lease, now);
+        sessions::forget(lease);
+        events::lock_gone(name, lease, now);
+        if !state::is_own_write() {
+            for lk in waiters::keys_named(name) {
+                waiters::schedule(&lk);
+            }
+        }
     })
 }

@@ -13,11 +13,14 @@ mod events;
 mod ffi;
 mod info;
 mod lease_type;
+mod list;
 mod logging;
 mod persist;
 mod replicate;
+mod sessions;
 mod state;
 mod stats;
+mod waiters;
 
 use ffi::api;
 use redis_module::raw;
@@ -48,16 +51,19 @@ entry!(cmd_release => commands::release);
 entry!(cmd_extend => commands::extend);
 entry!(cmd_info => commands::info);
 entry!(cmd_grant => commands::grant);
+entry!(cmd_list => list::list);
 
 type Entry = unsafe extern "C" fn(*mut ffi::Ctx, *mut *mut ffi::RString, c_int) -> c_int;
 
 /// (name, entry, flags, first key, last key, key step)
 const COMMANDS: &[(&str, Entry, &str, c_int, c_int, c_int)] = &[
-    ("LOCK.ACQUIRE", cmd_acquire, "write deny-oom", 1, 1, 1),
+    // May block (WAIT), so not `fast`.
+    ("LOCK.ACQUIRE", cmd_acquire, "write deny-oom blocking", 1, 1, 1),
     ("LOCK.RELEASE", cmd_release, "write fast", 1, 1, 1),
     ("LOCK.EXTEND", cmd_extend, "write fast", 1, 1, 1),
     ("LOCK.INFO", cmd_info, "readonly fast", 1, 1, 1),
     ("LOCK._GRANT", cmd_grant, "write fast no-monitor", 1, 1, 1),
+    ("LOCK.LIST", cmd_list, "readonly", 0, 0, 0),
 ];
 
 fn register_commands(ctx: *mut ffi::Ctx) -> Result<(), String> {
@@ -120,6 +126,7 @@ fn load(ctx: *mut ffi::Ctx, argv: *mut *mut ffi::RString, argc: c_int) -> Result
     config::register(ctx)?;
     info::register(ctx)?;
     events::register(ctx)?;
+    ffi::init_timer_ctx(ctx);
     tracing::info!(
         "lockwarden {} loaded (max-ttl-ms {}, clamp-ttl {})",
         env!("CARGO_PKG_VERSION"),

@@ -1,8 +1,12 @@
-//! Counters for `INFO lockwarden`. Atomics, because the `free` callback may
-//! run on Redis's lazy-free thread; relaxed ordering is enough for counters.
+//! Counters and distributions for `INFO lockwarden`. Counters are atomics,
+//! because the `free` callback may run on Redis's lazy-free thread (relaxed
+//! ordering is enough for counters); the histograms are only touched on the
+//! main thread.
 
-use crate::state;
+use crate::state::{self, MainThread};
+use lockwarden_core::histogram::Histogram;
 use lockwarden_core::{Lease, LockError};
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// A monotonically increasing counter.
@@ -38,6 +42,31 @@ pub static POLICY_DENIALS: Counter = Counter::new();
 pub static POLICY_FAILURES: Counter = Counter::new();
 pub static EXPIRED_WHILE_HELD: Counter = Counter::new();
 pub static DELETED_WHILE_HELD: Counter = Counter::new();
+pub static HANDOFFS: Counter = Counter::new();
+pub static WAIT_TIMEOUTS: Counter = Counter::new();
+pub static SESSION_RELEASES: Counter = Counter::new();
+
+/// Time from `LOCK.ACQUIRE ... WAIT` to the grant, in µs (main thread only).
+static WAIT_US: MainThread<RefCell<Histogram>> = MainThread::new(RefCell::new(Histogram::new()));
+/// How long locks were held, from grant to release/expiry/deletion, in ms.
+static HOLD_MS: MainThread<RefCell<Histogram>> = MainThread::new(RefCell::new(Histogram::new()));
+
+pub fn record_wait_us(us: u64) {
+    WAIT_US.get().borrow_mut().record(us);
+}
+
+/// (p50, p99, max) of the wait and hold distributions.
+pub fn wait_us() -> (u64, u64, u64) {
+    summary(&WAIT_US.get().borrow())
+}
+
+pub fn hold_ms() -> (u64, u64, u64) {
+    summary(&HOLD_MS.get().borrow())
+}
+
+fn summary(h: &Histogram) -> (u64, u64, u64) {
+    (h.quantile(0.5), h.quantile(0.99), h.max())
+}
 
 /// Counts a failed lock command by its error code.
 pub fn error(e: &LockError) {
@@ -64,14 +93,19 @@ pub fn locks() -> i64 {
     LOCKS.load(Relaxed).max(0)
 }
 
-/// A lock key left the keyspace. Releases go through [`RELEASES`]; here we
-/// see the others: a lease whose deadline had passed expired while held (the
-/// holder crashed, stalled, or chose a TTL too short), and a live lease that
-/// was deleted behind the holder's back (`DEL`, `FLUSHALL`, overwrite).
-/// Counted on primaries only (replicas just follow the primary's `DEL`s), and
-/// not for the module's own releases and rewrites.
+/// A lease left the keyspace (or was replaced by a new grant after its
+/// deadline). Records how long it was held, and classifies the removals the
+/// module did not make itself: a lease whose deadline had passed expired
+/// while held (the holder crashed, stalled, or chose a TTL too short); a live
+/// lease was deleted behind the holder's back (`DEL`, overwrite, ...).
+/// Counted on primaries only: replicas just follow the primary's `DEL`s.
 pub fn lock_unlinked(lease: &Lease, now_ms: i64) {
-    if !state::is_primary() || state::is_own_write() {
+    if !state::is_primary() {
+        return;
+    }
+    let end = now_ms.min(lease.deadline_ms);
+    HOLD_MS.get().borrow_mut().record(end.saturating_sub(lease.acquired_at_ms).max(0) as u64);
+    if state::is_own_write() {
         return;
     }
     if lease.is_live(now_ms) {

@@ -65,6 +65,24 @@ pub struct Grant<'a> {
     pub session: bool,
 }
 
+/// `LOCK.LIST [CURSOR cursor] [MATCH glob] [HELDMORE ms] [COUNT n]`: one
+/// bounded step of a scan over the locks of the current database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct List<'a> {
+    /// Where to continue (`0` starts a new scan).
+    pub cursor: u64,
+    /// Only keys matching this glob.
+    pub pattern: Option<&'a [u8]>,
+    /// Only locks held longer than this, ms.
+    pub held_more_ms: Option<u64>,
+    /// How many keys to examine in this step (like `SCAN ... COUNT`).
+    pub count: u64,
+}
+
+/// Default and largest `COUNT` of `LOCK.LIST`.
+pub const LIST_DEFAULT_COUNT: u64 = 100;
+pub const LIST_MAX_COUNT: u64 = 10_000;
+
 fn arity(cmd: &str) -> LockError {
     LockError::syntax(format!("wrong number of arguments for '{cmd}' command"))
 }
@@ -229,6 +247,38 @@ fn fence_option(rest: &[&[u8]]) -> Result<Option<u64>, LockError> {
     Ok(fence)
 }
 
+/// Parses `LOCK.LIST` arguments.
+pub fn list<'a>(args: &[&'a [u8]]) -> Result<List<'a>, LockError> {
+    let mut req = List {
+        cursor: 0,
+        pattern: None,
+        held_more_ms: None,
+        count: LIST_DEFAULT_COUNT,
+    };
+    let mut opts = Options::new(args);
+    let known = [("CURSOR", true), ("MATCH", true), ("HELDMORE", true), ("COUNT", true)];
+    while let Some(opt) = opts.next(&known) {
+        match opt? {
+            ("CURSOR", Some(v)) => {
+                req.cursor = parse_u64(v).ok_or_else(|| LockError::syntax("invalid cursor"))?
+            }
+            ("MATCH", Some(v)) => req.pattern = Some(v),
+            ("HELDMORE", Some(v)) => req.held_more_ms = Some(non_negative(v, "HELDMORE ms")?),
+            (_, v) => {
+                req.count = match v.and_then(parse_u64) {
+                    Some(n) if (1..=LIST_MAX_COUNT).contains(&n) => n,
+                    _ => {
+                        return Err(LockError::syntax(format!(
+                            "COUNT must be an integer from 1 to {LIST_MAX_COUNT}"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    Ok(req)
+}
+
 /// Parses `LOCK._GRANT` arguments.
 pub fn grant<'a>(args: &[&'a [u8]]) -> Result<Grant<'a>, LockError> {
     let [key, who, tok, deadline, acquired, extensions, rest @ ..] = args else {
@@ -333,6 +383,19 @@ mod tests {
     }
 
     #[test]
+    fn list_forms() {
+        let l = list(&[]).unwrap();
+        assert_eq!((l.cursor, l.pattern, l.held_more_ms, l.count), (0, None, None, LIST_DEFAULT_COUNT));
+        let l = list(&a(&["cursor", "17", "MATCH", "orders:*", "heldmore", "5000", "COUNT", "10"])).unwrap();
+        assert_eq!((l.cursor, l.pattern, l.held_more_ms, l.count), (17, Some(&b"orders:*"[..]), Some(5000), 10));
+        assert!(list(&a(&["COUNT", "0"])).is_err());
+        assert!(list(&a(&["COUNT", "10001"])).is_err());
+        assert!(list(&a(&["CURSOR", "x"])).is_err());
+        assert!(list(&a(&["MATCH"])).is_err());
+        assert!(list(&a(&["BOGUS", "1"])).is_err());
+    }
+
+    #[test]
     fn integers() {
         assert_eq!(parse_i64(b"-12"), Some(-12));
         assert_eq!(parse_i64(b"12"), Some(12));
@@ -349,6 +412,7 @@ mod tests {
             let _ = release(&args);
             let _ = extend(&args);
             let _ = grant(&args);
+            let _ = list(&args);
         }
     }
 }

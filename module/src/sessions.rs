@@ -1,0 +1,92 @@
+//! Session-bound locks (`LOCK.ACQUIRE ... SESSION`): released as soon as the
+//! acquiring connection closes, like a ZooKeeper ephemeral node, and handed
+//! to the next waiter. The TTL still bounds them.
+//!
+//! The index maps a client id to the session leases it holds on this node,
+//! by token (unique per grant), so it can be kept exact from the unlink
+//! callback, which does not know the database. Entries are verified against
+//! the keyspace before anything is released. Leases that arrived through
+//! replication or a restart carry client id 0 and are not indexed: after a
+//! failover or restart, session locks are bounded by their TTL only.
+
+use crate::commands;
+use crate::ffi::{self, Ctx, Key, OwnedString, Slot};
+use crate::lease_type::ty;
+use crate::state::MainThread;
+use crate::waiters::{self, LockKey};
+use crate::{replicate, state, stats};
+use lockwarden_core::Lease;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::c_void;
+
+type Index = HashMap<u64, HashMap<u64, LockKey>>;
+
+static INDEX: MainThread<RefCell<Option<Index>>> = MainThread::new(RefCell::new(None));
+
+fn with<R>(f: impl FnOnce(&mut Index) -> R) -> R {
+    f(INDEX.get().borrow_mut().get_or_insert_with(HashMap::new))
+}
+
+/// Records a session lease granted on this node.
+pub fn track(lease: &Lease, db: i32, name: &[u8]) {
+    if lease.session && lease.client_id != 0 {
+        let lk = LockKey { db, name: name.into() };
+        with(|ix| ix.entry(lease.client_id).or_default().insert(lease.token, lk));
+    }
+}
+
+/// Forgets a lease that left the keyspace or changed hands.
+pub fn forget(lease: &Lease) {
+    if lease.session && lease.client_id != 0 {
+        with(|ix| {
+            if let Some(held) = ix.get_mut(&lease.client_id) {
+                held.remove(&lease.token);
+                if held.is_empty() {
+                    ix.remove(&lease.client_id);
+                }
+            }
+        });
+    }
+}
+
+/// A client disconnected: release its session locks from the event loop
+/// (not from inside the disconnect, where writes are not safe).
+pub fn client_gone(client_id: u64) {
+    if with(|ix| ix.contains_key(&client_id)) {
+        ffi::start_timer(0, on_timer, Box::into_raw(Box::new(client_id)).cast());
+    }
+}
+
+unsafe extern "C" fn on_timer(ctx: *mut Ctx, data: *mut c_void) {
+    ffi::guard("session release", (), || {
+        // SAFETY: the timer carries a `Box<u64>`, handed over once.
+        let client_id = *unsafe { Box::from_raw(data.cast::<u64>()) };
+        let Some(held) = with(|ix| ix.remove(&client_id)) else {
+            return;
+        };
+        for (token, lk) in held {
+            release(ctx, client_id, token, &lk);
+        }
+    })
+}
+
+fn release(ctx: *mut Ctx, client_id: u64, token: u64, lk: &LockKey) {
+    ffi::select_db(ctx, lk.db);
+    let name = OwnedString::new(&lk.name);
+    let now = ffi::command_now_ms();
+    let mut key = Key::write(ctx, name.raw());
+    let ours = matches!(key.slot::<Lease>(ty()),
+        Slot::Ours(l) if l.session && l.client_id == client_id && l.token == token && l.is_live(now));
+    if !ours {
+        return;
+    }
+    state::own_write(|| key.delete());
+    drop(key);
+    replicate::delete(ctx, name.raw());
+    stats::SESSION_RELEASES.incr();
+    commands::notify_released(ctx, name.raw());
+    if waiters::len(lk) > 0 {
+        waiters::serve(ctx, lk, name.raw());
+    }
+}

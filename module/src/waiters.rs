@@ -1,0 +1,337 @@
+//! Blocking acquire (`LOCK.ACQUIRE ... WAIT timeout-ms`): per-key FIFO queues
+//! of blocked clients, served by the server itself.
+//!
+//! The lock is handed to the head waiter, as one replicated grant, when it is
+//! released (inside `LOCK.RELEASE`), when its holder's session ends, when the
+//! key disappears behind the module's back (`DEL`, `FLUSHALL`, eviction,
+//! overwrite: the unlink callback and flush events schedule a check), and at
+//! the holder's deadline (a timer per queue, so handoff does not depend on
+//! Redis's lazy or active expiry — Redis 7.0 does not wake module waiters on
+//! deletion or expiry at all).
+
+use crate::commands::{self, GrantKind};
+use crate::ffi::{self, Ctx, Key, OwnedString, RString, Slot, api, reply};
+use crate::lease_type::ty;
+use crate::state::MainThread;
+use crate::{config, state, stats};
+use lockwarden_core::rules::{self, Acquired, Caller};
+use lockwarden_core::{Lease, LockError, parse};
+use redis_module::raw;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::ffi::{c_int, c_void};
+
+type Blocked = raw::RedisModuleBlockedClient;
+
+/// A lock's identity on this node: database and key name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LockKey {
+    pub db: i32,
+    pub name: Box<[u8]>,
+}
+
+/// A blocked `LOCK.ACQUIRE ... WAIT`.
+struct Waiter {
+    bc: *mut Blocked,
+    owner: Box<[u8]>,
+    ttl_ms: u64,
+    /// The policies' TTL ceiling, decided when the request arrived.
+    cap: Option<u64>,
+    session: bool,
+    client_id: u64,
+    since_us: i64,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiters: VecDeque<Waiter>,
+    /// The pending timer that will serve this queue.
+    timer: Option<u64>,
+}
+
+#[derive(Default)]
+struct Registry {
+    queues: HashMap<LockKey, Queue>,
+    /// Which queue each blocked client is in.
+    blocked: HashMap<usize, LockKey>,
+}
+
+static REGISTRY: MainThread<RefCell<Option<Registry>>> = MainThread::new(RefCell::new(None));
+
+fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
+    f(REGISTRY.get().borrow_mut().get_or_insert_with(Registry::default))
+}
+
+/// What a woken waiter is told.
+enum Wake {
+    Granted { token: u64, ttl_ms: u64 },
+    Failed(String),
+}
+
+/// Clients blocked in `LOCK.ACQUIRE ... WAIT` on this node.
+pub fn total() -> usize {
+    with(|r| r.blocked.len())
+}
+
+/// Clients waiting for `lk`.
+pub fn len(lk: &LockKey) -> usize {
+    with(|r| r.queues.get(lk).map_or(0, |q| q.waiters.len()))
+}
+
+/// The queues for a key name in any database (the unlink callback does not
+/// know the database).
+pub fn keys_named(name: &[u8]) -> Vec<LockKey> {
+    with(|r| r.queues.keys().filter(|k| *k.name == *name).cloned().collect())
+}
+
+/// Every key with waiters.
+pub fn all_keys() -> Vec<LockKey> {
+    with(|r| r.queues.keys().cloned().collect())
+}
+
+/// Blocks the calling client until it is granted `req`'s lock, the timeout
+/// passes (nil), or it disconnects. `holder_deadline_ms` is the current
+/// holder's deadline, when the queue's timer must fire at the latest.
+pub fn block(ctx: *mut Ctx, lk: LockKey, req: &parse::Acquire<'_>, cap: Option<u64>, timeout_ms: u64, holder_deadline_ms: i64) {
+    let bc = api!(
+        RedisModule_BlockClient,
+        ctx,
+        Some(on_reply),
+        Some(on_timeout),
+        Some(free_wake),
+        timeout_ms as i64
+    );
+    api!(RedisModule_SetDisconnectCallback, bc, Some(on_disconnect));
+    let waiter = Waiter {
+        bc,
+        owner: req.owner.into(),
+        ttl_ms: req.ttl_ms,
+        cap,
+        session: req.session,
+        client_id: api!(RedisModule_GetClientId, ctx),
+        since_us: now_us(),
+    };
+    let needs_timer = with(|r| {
+        r.blocked.insert(bc as usize, lk.clone());
+        let q = r.queues.entry(lk.clone()).or_default();
+        q.waiters.push_back(waiter);
+        q.timer.is_none()
+    });
+    if needs_timer {
+        arm(&lk, holder_deadline_ms + 1 - ffi::command_now_ms());
+    }
+}
+
+fn now_us() -> i64 {
+    ffi::wall_now_ms() * 1000
+}
+
+/// Removes a blocked client from its queue; false if it was not queued.
+fn remove(bc: *mut Blocked) -> bool {
+    let (found, stop) = with(|r| {
+        let Some(lk) = r.blocked.remove(&(bc as usize)) else {
+            return (false, None);
+        };
+        let Some(q) = r.queues.get_mut(&lk) else {
+            return (true, None);
+        };
+        q.waiters.retain(|w| w.bc != bc);
+        let stop = if q.waiters.is_empty() {
+            r.queues.remove(&lk).and_then(|q| q.timer)
+        } else {
+            None
+        };
+        (true, stop)
+    });
+    if let Some(id) = stop {
+        cancel(id);
+    }
+    found
+}
+
+/// Takes the first waiter of `lk`.
+fn pop(lk: &LockKey) -> Option<Waiter> {
+    with(|r| {
+        let w = r.queues.get_mut(lk)?.waiters.pop_front()?;
+        r.blocked.remove(&(w.bc as usize));
+        Some(w)
+    })
+}
+
+/// Puts a waiter back at the head of its queue.
+fn push_front(lk: &LockKey, w: Waiter) {
+    with(|r| {
+        r.blocked.insert(w.bc as usize, lk.clone());
+        r.queues.entry(lk.clone()).or_default().waiters.push_front(w);
+    })
+}
+
+fn wake(bc: *mut Blocked, wake: Wake) {
+    api!(RedisModule_UnblockClient, bc, Box::into_raw(Box::new(wake)).cast());
+}
+
+fn cancel(timer: u64) {
+    if let Some(data) = ffi::stop_timer(timer) {
+        // SAFETY: every queue timer carries a `Box<LockKey>`.
+        drop(unsafe { Box::from_raw(data.cast::<LockKey>()) });
+    }
+}
+
+/// (Re)arms the queue's timer to serve it after `delay_ms`. A queue without
+/// waiters has no timer.
+fn arm(lk: &LockKey, delay_ms: i64) {
+    let previous = with(|r| r.queues.get_mut(lk).map(|q| q.timer.take()));
+    let Some(previous) = previous else {
+        return;
+    };
+    if let Some(id) = previous {
+        cancel(id);
+    }
+    let data = Box::into_raw(Box::new(lk.clone())).cast::<c_void>();
+    let id = ffi::start_timer(delay_ms, on_timer, data);
+    with(|r| {
+        if let Some(q) = r.queues.get_mut(lk) {
+            q.timer = Some(id);
+        }
+    });
+}
+
+/// Serves `lk`'s queue soon (from the event loop), e.g. after the key was
+/// deleted behind the module's back.
+pub fn schedule(lk: &LockKey) {
+    arm(lk, 0);
+}
+
+/// Hands the lock `lk` (whose name is `name`, in the context's selected
+/// database) to its first waiter if it is free; otherwise makes sure the
+/// queue's timer fires at the holder's deadline.
+pub fn serve(ctx: *mut Ctx, lk: &LockKey, name: *mut RString) {
+    loop {
+        let now = ffi::command_now_ms();
+        let mut key = Key::write(ctx, name);
+        let current: Option<Lease> = match key.slot::<Lease>(ty()) {
+            Slot::Other => {
+                fail_all(lk, &LockError::WrongType);
+                return;
+            }
+            Slot::Ours(l) if l.is_live(now) => {
+                let wait = l.deadline_ms + 1 - now;
+                drop(key);
+                arm(lk, wait);
+                return;
+            }
+            Slot::Ours(l) => Some(l.clone()),
+            Slot::Empty => None,
+        };
+        let Some(w) = pop(lk) else {
+            return;
+        };
+        let req = parse::Acquire {
+            key: &lk.name,
+            owner: &w.owner,
+            ttl_ms: w.ttl_ms,
+            wait_ms: None,
+            session: w.session,
+        };
+        let caller = Caller { client_id: w.client_id };
+        let limits = config::ttl_limits();
+        match state::with_clock(|c| rules::acquire(current.as_ref(), &req, caller, w.cap, &limits, c, now)) {
+            Ok(Acquired::Granted { lease, ttl_ms, .. }) => {
+                let token = lease.token;
+                commands::install(ctx, &mut key, lk, name, lease, GrantKind::Acquired, now);
+                stats::HANDOFFS.incr();
+                stats::record_wait_us((now_us() - w.since_us).max(0) as u64);
+                wake(w.bc, Wake::Granted { token, ttl_ms });
+                drop(key);
+                if len(lk) > 0 {
+                    arm(lk, ttl_ms as i64 + 1);
+                } else {
+                    remove_queue(lk);
+                }
+                return;
+            }
+            Ok(Acquired::Contended) => {
+                // Not reachable with a free or expired lease; keep the waiter.
+                push_front(lk, w);
+                return;
+            }
+            Err(e) => {
+                stats::error(&e);
+                wake(w.bc, Wake::Failed(e.to_string()));
+            }
+        }
+    }
+}
+
+fn remove_queue(lk: &LockKey) {
+    if let Some(id) = with(|r| r.queues.remove(lk).and_then(|q| q.timer)) {
+        cancel(id);
+    }
+}
+
+/// Fails every waiter of `lk` (the key now holds something that is not a lock).
+fn fail_all(lk: &LockKey, e: &LockError) {
+    while let Some(w) = pop(lk) {
+        wake(w.bc, Wake::Failed(e.to_string()));
+    }
+    remove_queue(lk);
+}
+
+unsafe extern "C" fn on_timer(ctx: *mut Ctx, data: *mut c_void) {
+    ffi::guard("waiter timer", (), || {
+        // SAFETY: queue timers carry a `Box<LockKey>`, handed over once.
+        let lk = unsafe { Box::from_raw(data.cast::<LockKey>()) };
+        with(|r| {
+            if let Some(q) = r.queues.get_mut(&lk) {
+                q.timer = None;
+            }
+        });
+        ffi::select_db(ctx, lk.db);
+        let name = OwnedString::new(&lk.name);
+        serve(ctx, &lk, name.raw());
+    })
+}
+
+unsafe extern "C" fn on_reply(ctx: *mut Ctx, _argv: *mut *mut RString, _argc: c_int) -> c_int {
+    ffi::guard("waiter reply", (), || {
+        let wake = api!(RedisModule_GetBlockedClientPrivateData, ctx).cast::<Wake>();
+        // SAFETY: `wake()` always unblocks with a `Box<Wake>`.
+        match unsafe { wake.as_ref() } {
+            Some(Wake::Granted { token, ttl_ms }) => {
+                reply::array(ctx, 2);
+                reply::int(ctx, *token as i64);
+                reply::int(ctx, *ttl_ms as i64);
+            }
+            Some(Wake::Failed(msg)) => reply::error(ctx, msg),
+            None => reply::null(ctx),
+        }
+    });
+    raw::REDISMODULE_OK as c_int
+}
+
+unsafe extern "C" fn on_timeout(ctx: *mut Ctx, _argv: *mut *mut RString, _argc: c_int) -> c_int {
+    ffi::guard("waiter timeout", (), || {
+        let bc = api!(RedisModule_GetBlockedClientHandle, ctx);
+        if remove(bc) {
+            api!(RedisModule_UnblockClient, bc, std::ptr::null_mut());
+        }
+        stats::WAIT_TIMEOUTS.incr();
+        reply::null(ctx);
+    });
+    raw::REDISMODULE_OK as c_int
+}
+
+unsafe extern "C" fn on_disconnect(_ctx: *mut Ctx, bc: *mut Blocked) {
+    ffi::guard("waiter disconnect", (), || {
+        if remove(bc) {
+            api!(RedisModule_UnblockClient, bc, std::ptr::null_mut());
+        }
+    })
+}
+
+unsafe extern "C" fn free_wake(_ctx: *mut Ctx, data: *mut c_void) {
+    if !data.is_null() {
+        // SAFETY: unblock data is always a `Box<Wake>`, freed once by Redis.
+        drop(unsafe { Box::from_raw(data.cast::<Wake>()) });
+    }
+}
