@@ -25,10 +25,10 @@ module:
 	@test -f $(MODULE) && echo "module: $(MODULE)"
 
 policies:
-	$(CARGO) build --release --target $(WASM_TARGET) $(addprefix -p policy-,$(POLICIES))
+	$(CARGO) build --profile wasm --target $(WASM_TARGET) $(addprefix -p policy-,$(POLICIES))
 	@mkdir -p $(POLICY_DIR)
 	@for p in $(POLICIES); do \
-	  cp target/$(WASM_TARGET)/release/policy_$${p//-/_}.wasm $(POLICY_DIR)/$$p.wasm; \
+	  cp target/$(WASM_TARGET)/wasm/policy_$${p//-/_}.wasm $(POLICY_DIR)/$$p.wasm; \
 	  echo "policy: $(POLICY_DIR)/$$p.wasm"; \
 	done
 

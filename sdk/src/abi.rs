@@ -114,6 +114,12 @@ impl<'a> Request<'a> {
     pub fn owner_str(&self) -> Option<&'a str> {
         core::str::from_utf8(self.owner).ok()
     }
+
+    /// The current holder, if it is the owner named in this request (a
+    /// retry, an extend or a release by the holder).
+    pub fn caller_holds(&self) -> Option<Holder<'a>> {
+        self.holder.filter(|h| h.owner == self.owner)
+    }
 }
 
 /// A policy's answer to a [`Request`].

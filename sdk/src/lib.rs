@@ -10,9 +10,13 @@ extern crate alloc;
 
 pub mod abi;
 pub mod glob;
+pub mod text;
 
 #[cfg(feature = "policy")]
 pub mod policy;
+
+#[cfg(feature = "client")]
+pub mod client;
 
 pub use abi::{Caller, Decision, Holder, Operation, Request};
 pub use glob::glob_match;

@@ -1,0 +1,437 @@
+//! A lock client for Rust applications (feature `client`), on the `redis`
+//! crate.
+//!
+//! ```no_run
+//! use lockwarden_sdk::client::{LockClient, Options};
+//! use std::time::Duration;
+//!
+//! let locks = LockClient::open("redis://127.0.0.1:6379")?;
+//! let opts = Options::new(Duration::from_secs(10)).wait(Duration::from_secs(5)).watchdog();
+//! if let Some(guard) = locks.acquire("orders:42", &lockwarden_sdk::client::unique_owner(), &opts)? {
+//!     // Pass the fencing token to the protected resource with every write.
+//!     let token = guard.token();
+//!     # let _ = token;
+//!     // Stop working as soon as the lock is lost:
+//!     if guard.loss().is_lost() { /* abort */ }
+//!     guard.release()?; // NOTHELD / NOTOWNER come back as errors
+//! }
+//! # Ok::<(), lockwarden_sdk::client::Error>(())
+//! ```
+//!
+//! The watchdog extends the lease at a fraction of the TTL from its own
+//! connection, with the grant's `FENCE` token, so it can never extend
+//! someone else's grant. It reports loss at once (`NOTHELD`, `NOTOWNER`,
+//! `DENIED`, or no successful extension before the lease ran out) through
+//! [`Loss`], which can be polled, waited on, or selected on as a channel.
+//! [`Guard::release`] stops the watchdog and waits for it before sending
+//! `LOCK.RELEASE`, so a renewal can never race an unlock.
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use redis::{Client, Connection, RedisError, Value};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A lock operation's failure.
+#[derive(Debug)]
+pub enum Error {
+    /// `NOTHELD`: nobody holds the lock (it expired or was never acquired).
+    NotHeld(String),
+    /// `NOTOWNER`: someone else holds it, or the fencing token is stale.
+    NotOwner(String),
+    /// `DENIED`: a policy denied the command.
+    Denied(String),
+    /// `TTLMAX` / `TTLMIN`: the TTL is outside the server's limits.
+    Ttl(String),
+    /// `POLICY`: a policy failed and the server fails closed.
+    Policy(String),
+    /// Any other error: connection, protocol, `WRONGTYPE`, `ERR`, ...
+    Redis(RedisError),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::NotHeld(m) => write!(f, "NOTHELD {m}"),
+            Error::NotOwner(m) => write!(f, "NOTOWNER {m}"),
+            Error::Denied(m) => write!(f, "DENIED {m}"),
+            Error::Ttl(m) | Error::Policy(m) => f.write_str(m),
+            Error::Redis(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<RedisError> for Error {
+    fn from(e: RedisError) -> Self {
+        let detail = e.detail().unwrap_or_default().to_string();
+        match e.code() {
+            Some("NOTHELD") => Error::NotHeld(detail),
+            Some("NOTOWNER") => Error::NotOwner(detail),
+            Some("DENIED") => Error::Denied(detail),
+            Some(code @ ("TTLMAX" | "TTLMIN")) => Error::Ttl(format!("{code} {detail}")),
+            Some("POLICY") => Error::Policy(format!("POLICY {detail}")),
+            _ => Error::Redis(e),
+        }
+    }
+}
+
+/// How to acquire.
+#[derive(Clone, Debug)]
+pub struct Options {
+    ttl: Duration,
+    wait: Option<Duration>,
+    session: bool,
+    watchdog: bool,
+    renew_every: f64,
+}
+
+impl Options {
+    /// A lease of `ttl`, no waiting, no session, no watchdog.
+    pub fn new(ttl: Duration) -> Self {
+        Options {
+            ttl,
+            wait: None,
+            session: false,
+            watchdog: false,
+            renew_every: 1.0 / 3.0,
+        }
+    }
+
+    /// Block up to `timeout` for the lock (server-side FIFO, no polling).
+    pub fn wait(mut self, timeout: Duration) -> Self {
+        self.wait = Some(timeout);
+        self
+    }
+
+    /// Release the lock when the acquiring connection closes.
+    pub fn session(mut self) -> Self {
+        self.session = true;
+        self
+    }
+
+    /// Keep the lease alive until released, reporting loss.
+    pub fn watchdog(mut self) -> Self {
+        self.watchdog = true;
+        self
+    }
+
+    /// Renew after this fraction of the TTL (default 1/3, clamped to 0.05..=0.9).
+    pub fn renew_every(mut self, fraction: f64) -> Self {
+        self.renew_every = fraction.clamp(0.05, 0.9);
+        self
+    }
+}
+
+/// An owner string unique to this process and call: `host:pid:random`.
+pub fn unique_owner() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    let mut random = [0u8; 8];
+    let seeded = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+        .is_ok();
+    let id = if seeded {
+        u64::from_le_bytes(random)
+    } else {
+        std::time::SystemTime::UNIX_EPOCH
+            .elapsed()
+            .map_or(0, |d| d.as_nanos() as u64)
+    };
+    format!("{host}:{}:{id:016x}", std::process::id())
+}
+
+/// Opens connections for locks.
+#[derive(Clone, Debug)]
+pub struct LockClient {
+    client: Client,
+}
+
+fn ms(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+impl LockClient {
+    /// A client for the server at `url` (`redis://host:port/db`).
+    pub fn open(url: &str) -> Result<Self, Error> {
+        Ok(LockClient {
+            client: Client::open(url)?,
+        })
+    }
+
+    /// Acquires `key` for `owner`. `Ok(None)` when it is held by someone else
+    /// (after waiting, if asked to).
+    pub fn acquire(&self, key: &str, owner: &str, opts: &Options) -> Result<Option<Guard>, Error> {
+        let mut conn = self.client.get_connection()?;
+        let mut cmd = redis::cmd("LOCK.ACQUIRE");
+        cmd.arg(key).arg(owner).arg(ms(opts.ttl));
+        if let Some(wait) = opts.wait {
+            cmd.arg("WAIT").arg(ms(wait));
+            // The server answers at the latest when the wait ends.
+            conn.set_read_timeout(Some(wait + Duration::from_secs(5)))?;
+        }
+        if opts.session {
+            cmd.arg("SESSION");
+        }
+        let granted: Option<(u64, u64)> = cmd.query(&mut conn)?;
+        conn.set_read_timeout(None)?;
+        let Some((token, ttl_ms)) = granted else {
+            return Ok(None);
+        };
+        let loss = Loss::new();
+        let granted_ttl = Duration::from_millis(ttl_ms);
+        let watchdog = if opts.watchdog {
+            Some(Watchdog::start(
+                self.client.clone(),
+                key.to_string(),
+                owner.to_string(),
+                token,
+                granted_ttl,
+                opts.renew_every,
+                loss.clone(),
+            )?)
+        } else {
+            None
+        };
+        Ok(Some(Guard {
+            conn,
+            key: key.to_string(),
+            owner: owner.to_string(),
+            token,
+            ttl: granted_ttl,
+            watchdog,
+            loss,
+            released: false,
+        }))
+    }
+}
+
+/// Why a held lock was lost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LossReason {
+    /// The server no longer knows the lock (`NOTHELD`): it expired or was deleted.
+    NotHeld(String),
+    /// Someone else holds it now (`NOTOWNER`).
+    NotOwner(String),
+    /// A policy refused the renewal (`DENIED`/`POLICY`/`TTL*`).
+    Refused(String),
+    /// No renewal succeeded before the lease ran out (server unreachable).
+    Expired,
+}
+
+struct LossState {
+    reason: Mutex<Option<LossReason>>,
+    changed: Condvar,
+    tx: Sender<LossReason>,
+    rx: Receiver<LossReason>,
+}
+
+/// Signals that a held lock was lost. Cheap to clone.
+#[derive(Clone)]
+pub struct Loss(Arc<LossState>);
+
+impl Loss {
+    fn new() -> Self {
+        let (tx, rx) = bounded(1);
+        Loss(Arc::new(LossState {
+            reason: Mutex::new(None),
+            changed: Condvar::new(),
+            tx,
+            rx,
+        }))
+    }
+
+    fn signal(&self, reason: LossReason) {
+        let mut r = self.0.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if r.is_none() {
+            *r = Some(reason.clone());
+            let _ = self.0.tx.try_send(reason);
+            self.0.changed.notify_all();
+        }
+    }
+
+    /// Has the lock been lost?
+    pub fn is_lost(&self) -> bool {
+        self.reason().is_some()
+    }
+
+    /// Why it was lost, if it was.
+    pub fn reason(&self) -> Option<LossReason> {
+        self.0.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits up to `timeout` for a loss; returns its reason if it happened.
+    pub fn wait(&self, timeout: Duration) -> Option<LossReason> {
+        let guard = self.0.reason.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = self
+            .0
+            .changed
+            .wait_timeout_while(guard, timeout, |r| r.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        guard.clone()
+    }
+
+    /// A channel that yields the reason once, when the lock is lost, for use
+    /// with `crossbeam_channel::select!` next to the holder's own work.
+    pub fn channel(&self) -> Receiver<LossReason> {
+        self.0.rx.clone()
+    }
+}
+
+struct Watchdog {
+    stop: Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Watchdog {
+    fn start(
+        client: Client,
+        key: String,
+        owner: String,
+        token: u64,
+        ttl: Duration,
+        fraction: f64,
+        loss: Loss,
+    ) -> Result<Self, Error> {
+        let conn = client.get_connection()?;
+        conn.set_read_timeout(Some(ttl))?;
+        let (stop, stopped) = bounded::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name(format!("lockwarden-watchdog-{key}"))
+            .spawn(move || {
+                let period = ttl.mul_f64(fraction);
+                let mut lease_end = Instant::now() + ttl;
+                let mut conn = Some(conn);
+                loop {
+                    // Renew early; after a failure, retry sooner.
+                    let pause = if conn.is_some() { period } else { period / 4 };
+                    match stopped.recv_timeout(pause) {
+                        Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                    }
+                    if Instant::now() >= lease_end {
+                        loss.signal(LossReason::Expired);
+                        return;
+                    }
+                    let c = match conn.take().map(Ok).unwrap_or_else(|| client.get_connection()) {
+                        Ok(c) => conn.insert(c),
+                        Err(_) => continue,
+                    };
+                    let sent = Instant::now();
+                    let reply: Result<u64, RedisError> = redis::cmd("LOCK.EXTEND")
+                        .arg(&key)
+                        .arg(&owner)
+                        .arg(ms(ttl))
+                        .arg("FENCE")
+                        .arg(token)
+                        .query(c);
+                    match reply {
+                        Ok(granted) => lease_end = sent + Duration::from_millis(granted),
+                        Err(e) => match Error::from(e) {
+                            Error::NotHeld(m) => return loss.signal(LossReason::NotHeld(m)),
+                            Error::NotOwner(m) => return loss.signal(LossReason::NotOwner(m)),
+                            Error::Denied(m) | Error::Ttl(m) | Error::Policy(m) => {
+                                return loss.signal(LossReason::Refused(m));
+                            }
+                            Error::Redis(_) => conn = None,
+                        },
+                    }
+                }
+            })
+            .map_err(|e| Error::Redis(RedisError::from(e)))?;
+        Ok(Watchdog { stop, thread })
+    }
+
+    /// Stops the watchdog and waits until any renewal in flight is done.
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+/// A held lock. Dropping it releases the lock (best effort); call
+/// [`Guard::release`] to see the server's answer.
+pub struct Guard {
+    conn: Connection,
+    key: String,
+    owner: String,
+    token: u64,
+    ttl: Duration,
+    watchdog: Option<Watchdog>,
+    loss: Loss,
+    released: bool,
+}
+
+impl Guard {
+    /// The fencing token: pass it with every write to the protected resource.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// The lease granted by the server.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The lock's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Loss notification (signalled by the watchdog, if any).
+    pub fn loss(&self) -> &Loss {
+        &self.loss
+    }
+
+    /// Extends the lease to `ttl` from now, fenced by this grant's token.
+    pub fn extend(&mut self, ttl: Duration) -> Result<Duration, Error> {
+        let granted: u64 = redis::cmd("LOCK.EXTEND")
+            .arg(&self.key)
+            .arg(&self.owner)
+            .arg(ms(ttl))
+            .arg("FENCE")
+            .arg(self.token)
+            .query(&mut self.conn)?;
+        Ok(Duration::from_millis(granted))
+    }
+
+    /// Releases the lock, fenced by this grant's token. The watchdog is
+    /// stopped (and any renewal in flight finished) first.
+    pub fn release(mut self) -> Result<(), Error> {
+        self.release_now()
+    }
+
+    fn release_now(&mut self) -> Result<(), Error> {
+        self.released = true;
+        if let Some(w) = self.watchdog.take() {
+            w.stop();
+        }
+        let reply: Value = redis::cmd("LOCK.RELEASE")
+            .arg(&self.key)
+            .arg(&self.owner)
+            .arg("FENCE")
+            .arg(self.token)
+            .query(&mut self.conn)?;
+        match reply {
+            Value::Int(1) => Ok(()),
+            other => Err(Error::Redis(RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "unexpected LOCK.RELEASE reply",
+                format!("{other:?}"),
+            )))),
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.released {
+            let _ = self.release_now();
+        }
+    }
+}
