@@ -45,8 +45,9 @@ run: build
 # real redis-server 7.0 and valkey-server 8.0, and the fault suite.
 test: build lint test-unit test-integration
 
+# Unit, property and doc tests of every crate except the integration suite.
 test-unit:
-	$(CARGO) test --release --workspace --lib --bins --doc
+	$(CARGO) test --release --workspace --exclude lockwarden-tests
 
 test-integration: build
 	LOCKWARDEN_MODULE=$(CURDIR)/$(MODULE) LOCKWARDEN_POLICIES=$(CURDIR)/$(POLICY_DIR) \

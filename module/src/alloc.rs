@@ -63,7 +63,12 @@ unsafe impl GlobalAlloc for RedisAllocator {
         // At least NATIVE_ALIGN (>= HEADER) bytes lie before `aligned`.
         let aligned = ((base as usize + layout.align()) & !(layout.align() - 1)) as *mut u8;
         // SAFETY: `aligned - HEADER` is inside the block, after `base`.
-        unsafe { aligned.sub(HEADER).cast::<usize>().write_unaligned(base as usize) };
+        unsafe {
+            aligned
+                .sub(HEADER)
+                .cast::<usize>()
+                .write_unaligned(base as usize)
+        };
         aligned
     }
 

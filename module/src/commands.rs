@@ -5,10 +5,12 @@
 
 use crate::ffi::{self, Call, Key, RString, Slot, api, reply};
 use crate::lease_type::{self, ty};
+use crate::policies::{self, Ask};
 use crate::waiters::{self, LockKey};
 use crate::{config, replicate, sessions, state, stats};
 use lockwarden_core::rules::{self, Acquired, Caller};
 use lockwarden_core::{Lease, LockError, parse};
+use lockwarden_sdk::Operation;
 use redis_module::raw;
 use std::ffi::{CStr, c_int};
 
@@ -17,7 +19,12 @@ type Outcome = Result<(), LockError>;
 
 /// Runs a command handler behind the panic barrier and turns its error into
 /// the one error reply.
-pub fn run(ctx: *mut ffi::Ctx, argv: *mut *mut RString, argc: c_int, handler: fn(&Call) -> Outcome) -> c_int {
+pub fn run(
+    ctx: *mut ffi::Ctx,
+    argv: *mut *mut RString,
+    argc: c_int,
+    handler: fn(&Call) -> Outcome,
+) -> c_int {
     let completed = ffi::guard("command", false, || {
         // SAFETY: the pointers come straight from Redis's command callback.
         let call = unsafe { Call::new(ctx, argv, argc) };
@@ -33,7 +40,10 @@ pub fn run(ctx: *mut ffi::Ctx, argv: *mut *mut RString, argc: c_int, handler: fn
     if !completed {
         // Handlers reply last, after every fallible step, so a panic means
         // the client has no reply yet.
-        reply::error(ctx, "ERR internal error in lockwarden (details in the server log)");
+        reply::error(
+            ctx,
+            "ERR internal error in lockwarden (details in the server log)",
+        );
     }
     raw::REDISMODULE_OK as c_int
 }
@@ -58,7 +68,15 @@ pub enum GrantKind {
 /// `lease` in `key` (updating an existing lease in place, with its deadline
 /// as the key's absolute expiry), keeps the session index, publishes the
 /// keyspace event.
-pub fn install(ctx: *mut ffi::Ctx, key: &mut Key, lk: &LockKey, name: *mut RString, lease: Lease, kind: GrantKind, now_ms: i64) {
+pub fn install(
+    ctx: *mut ffi::Ctx,
+    key: &mut Key,
+    lk: &LockKey,
+    name: *mut RString,
+    lease: Lease,
+    kind: GrantKind,
+    now_ms: i64,
+) {
     replicate::grant(ctx, name, &lease);
     sessions::track(&lease, lk.db, &lk.name);
     put(key, lease, now_ms);
@@ -122,16 +140,41 @@ pub fn acquire(call: &Call) -> Outcome {
     };
     let held = current(&mut key)?;
     let holder_deadline = held.map(|l| l.deadline_ms);
-    let outcome = state::with_clock(|clock| rules::acquire(held, &req, caller, None, &limits, clock, now))?;
+    let cap = policies::check(
+        call,
+        &Ask {
+            op: Operation::Acquire,
+            key: req.key,
+            owner: req.owner,
+            ttl_ms: req.ttl_ms,
+            holder: held,
+            waiters: waiters::len(&lk),
+            now_ms: now,
+        },
+    )?;
+    let outcome =
+        state::with_clock(|clock| rules::acquire(held, &req, caller, cap, &limits, clock, now))?;
     match outcome {
-        Acquired::Granted { lease, ttl_ms, fresh } => {
+        Acquired::Granted {
+            lease,
+            ttl_ms,
+            fresh,
+        } => {
             if fresh {
                 stats::ACQUIRES_GRANTED.incr();
             } else {
                 stats::ACQUIRES_RETRIED.incr();
             }
             let token = lease.token;
-            install(call.ctx, &mut key, &lk, call.key(), lease, GrantKind::Acquired, now);
+            install(
+                call.ctx,
+                &mut key,
+                &lk,
+                call.key(),
+                lease,
+                GrantKind::Acquired,
+                now,
+            );
             reply::array(call.ctx, 2);
             reply::int(call.ctx, token as i64);
             reply::int(call.ctx, ttl_ms as i64);
@@ -142,7 +185,7 @@ pub fn acquire(call: &Call) -> Outcome {
                 Some(timeout) if call.flags() & ffi::CTX_NO_BLOCKING == 0 => {
                     drop(key);
                     let deadline = holder_deadline.unwrap_or(now);
-                    waiters::block(call.ctx, lk, &req, None, timeout, deadline);
+                    waiters::block(call.ctx, lk, &req, cap, timeout, deadline);
                 }
                 _ => reply::null(call.ctx),
             }
@@ -157,13 +200,26 @@ pub fn release(call: &Call) -> Outcome {
     let req = parse::release(&args)?;
     let now = ffi::command_now_ms();
     let mut key = Key::write(call.ctx, call.key());
-    rules::release(current(&mut key)?, &req, now)?;
+    let lk = lock_key(call);
+    let held = current(&mut key)?;
+    policies::check(
+        call,
+        &Ask {
+            op: Operation::Release,
+            key: req.key,
+            owner: req.owner,
+            ttl_ms: 0,
+            holder: held,
+            waiters: waiters::len(&lk),
+            now_ms: now,
+        },
+    )?;
+    rules::release(held, &req, now)?;
     state::own_write(|| key.delete());
     drop(key);
     replicate::delete(call.ctx, call.key());
     stats::RELEASES.incr();
     notify_released(call.ctx, call.key());
-    let lk = lock_key(call);
     if waiters::len(&lk) > 0 {
         waiters::serve(call.ctx, &lk, call.key());
     }
@@ -178,8 +234,30 @@ pub fn extend(call: &Call) -> Outcome {
     let now = ffi::command_now_ms();
     let mut key = Key::write(call.ctx, call.key());
     let limits = config::ttl_limits();
-    let (lease, ttl_ms) = rules::extend(current(&mut key)?, &req, None, &limits, now)?;
-    install(call.ctx, &mut key, &lock_key(call), call.key(), lease, GrantKind::Extended, now);
+    let lk = lock_key(call);
+    let held = current(&mut key)?;
+    let cap = policies::check(
+        call,
+        &Ask {
+            op: Operation::Extend,
+            key: req.key,
+            owner: req.owner,
+            ttl_ms: req.ttl_ms,
+            holder: held,
+            waiters: waiters::len(&lk),
+            now_ms: now,
+        },
+    )?;
+    let (lease, ttl_ms) = rules::extend(held, &req, cap, &limits, now)?;
+    install(
+        call.ctx,
+        &mut key,
+        &lk,
+        call.key(),
+        lease,
+        GrantKind::Extended,
+        now,
+    );
     stats::EXTENDS.incr();
     reply::int(call.ctx, ttl_ms as i64);
     Ok(())
@@ -188,13 +266,19 @@ pub fn extend(call: &Call) -> Outcome {
 /// Is the connection that acquired `lease` connected to this node?
 fn holder_connected(lease: &Lease) -> bool {
     lease.client_id != 0
-        && api!(RedisModule_GetClientInfoById, std::ptr::null_mut(), lease.client_id) == raw::REDISMODULE_OK as c_int
+        && api!(
+            RedisModule_GetClientInfoById,
+            std::ptr::null_mut(),
+            lease.client_id
+        ) == raw::REDISMODULE_OK as c_int
 }
 
 /// `LOCK.INFO key`: nil when free, otherwise a map describing the holder.
 pub fn info(call: &Call) -> Outcome {
     if call.argv.len() != 2 {
-        return Err(LockError::syntax("wrong number of arguments for 'lock.info' command"));
+        return Err(LockError::syntax(
+            "wrong number of arguments for 'lock.info' command",
+        ));
     }
     let now = ffi::command_now_ms();
     let Some(mut key) = Key::read(call.ctx, call.key()) else {

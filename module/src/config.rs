@@ -47,12 +47,18 @@ const TTL_CEILING: i64 = 1 << 40;
 pub static SETTINGS: [Setting; 7] = [
     Setting {
         name: "max-ttl-ms",
-        kind: Kind::Number { min: 1, max: TTL_CEILING },
+        kind: Kind::Number {
+            min: 1,
+            max: TTL_CEILING,
+        },
         value: AtomicI64::new(60_000),
     },
     Setting {
         name: "min-ttl-ms",
-        kind: Kind::Number { min: 1, max: TTL_CEILING },
+        kind: Kind::Number {
+            min: 1,
+            max: TTL_CEILING,
+        },
         value: AtomicI64::new(1),
     },
     Setting {
@@ -62,17 +68,26 @@ pub static SETTINGS: [Setting; 7] = [
     },
     Setting {
         name: "policy-fuel",
-        kind: Kind::Number { min: 1_000, max: 1_000_000_000 },
+        kind: Kind::Number {
+            min: 1_000,
+            max: 1_000_000_000,
+        },
         value: AtomicI64::new(1_000_000),
     },
     Setting {
         name: "policy-memory-kb",
-        kind: Kind::Number { min: 64, max: 1 << 20 },
+        kind: Kind::Number {
+            min: 64,
+            max: 1 << 20,
+        },
         value: AtomicI64::new(4096),
     },
     Setting {
         name: "policy-max-module-kb",
-        kind: Kind::Number { min: 1, max: 64 << 10 },
+        kind: Kind::Number {
+            min: 1,
+            max: 64 << 10,
+        },
         value: AtomicI64::new(4096),
     },
     Setting {
@@ -101,7 +116,10 @@ impl Setting {
         match &self.kind {
             Kind::Number { min, max } => match text.parse::<i64>() {
                 Ok(v) if (*min..=*max).contains(&v) => Ok(v),
-                _ => Err(format!("{} must be an integer from {min} to {max}", self.name)),
+                _ => Err(format!(
+                    "{} must be an integer from {min} to {max}",
+                    self.name
+                )),
             },
             Kind::Bool => match text.to_ascii_lowercase().as_str() {
                 "yes" => Ok(1),
@@ -142,7 +160,12 @@ fn setting(privdata: *mut c_void) -> &'static Setting {
 
 fn set_error(err: *mut *mut RString, msg: &str) -> c_int {
     let c = CString::new(msg).unwrap_or_default();
-    let e = api!(RedisModule_CreateString, std::ptr::null_mut(), c.as_ptr(), msg.len());
+    let e = api!(
+        RedisModule_CreateString,
+        std::ptr::null_mut(),
+        c.as_ptr(),
+        msg.len()
+    );
     // SAFETY: Redis passes a valid out-pointer for the error string.
     unsafe { *err = e };
     raw::REDISMODULE_ERR as c_int
@@ -183,7 +206,12 @@ unsafe extern "C" fn get_number(_: *const c_char, privdata: *mut c_void) -> c_lo
     setting(privdata).value.load(Relaxed)
 }
 
-unsafe extern "C" fn set_number(_: *const c_char, v: c_longlong, privdata: *mut c_void, err: *mut *mut RString) -> c_int {
+unsafe extern "C" fn set_number(
+    _: *const c_char,
+    v: c_longlong,
+    privdata: *mut c_void,
+    err: *mut *mut RString,
+) -> c_int {
     store(privdata, v, err)
 }
 
@@ -191,7 +219,12 @@ unsafe extern "C" fn get_int(_: *const c_char, privdata: *mut c_void) -> c_int {
     setting(privdata).value.load(Relaxed) as c_int
 }
 
-unsafe extern "C" fn set_int(_: *const c_char, v: c_int, privdata: *mut c_void, err: *mut *mut RString) -> c_int {
+unsafe extern "C" fn set_int(
+    _: *const c_char,
+    v: c_int,
+    privdata: *mut c_void,
+    err: *mut *mut RString,
+) -> c_int {
     store(privdata, v as i64, err)
 }
 
@@ -229,7 +262,10 @@ pub fn register(ctx: *mut ffi::Ctx) -> Result<(), String> {
                 privdata
             ),
             Kind::Enum(values) => {
-                let names: Vec<CString> = values.iter().map(|v| CString::new(*v).expect("no NUL")).collect();
+                let names: Vec<CString> = values
+                    .iter()
+                    .map(|v| CString::new(*v).expect("no NUL"))
+                    .collect();
                 let mut ptrs: Vec<*const c_char> = names.iter().map(|n| n.as_ptr()).collect();
                 let ints: Vec<c_int> = (0..values.len() as c_int).collect();
                 api!(

@@ -5,11 +5,13 @@
 //! * FLUSHDB/FLUSHALL and SWAPDB: waiters are served (no per-key callback
 //!   runs when a whole database is emptied or swapped);
 //! * key expiry: a lock whose lease ran out while held is published as the
-//!   module keyspace event `lock.expired`.
+//!   module keyspace event `lock.expired`;
+//! * a fork for an AOF rewrite: the policies are propagated again so that the
+//!   rewritten AOF keeps them (see `policies::reemit_after_fork`).
 
 use crate::ffi::{self, Ctx, RString, api};
 use crate::state::MainThread;
-use crate::{persist, sessions, state, waiters};
+use crate::{persist, policies, sessions, state, waiters};
 use lockwarden_core::Lease;
 use redis_module::raw;
 use std::cell::RefCell;
@@ -26,7 +28,12 @@ pub fn lock_gone(name: &[u8], lease: &Lease, now_ms: i64) {
     }
 }
 
-unsafe extern "C" fn on_expired(ctx: *mut Ctx, _type: c_int, _event: *const c_char, key: *mut RString) -> c_int {
+unsafe extern "C" fn on_expired(
+    ctx: *mut Ctx,
+    _type: c_int,
+    _event: *const c_char,
+    key: *mut RString,
+) -> c_int {
     ffi::guard("expired event", (), || {
         let was_lock = {
             let mut stash = EXPIRED.get().borrow_mut();
@@ -44,21 +51,38 @@ unsafe extern "C" fn on_expired(ctx: *mut Ctx, _type: c_int, _event: *const c_ch
     raw::REDISMODULE_OK as c_int
 }
 
-unsafe extern "C" fn on_loading(_ctx: *mut Ctx, _event: raw::RedisModuleEvent, sub: u64, _data: *mut c_void) {
+unsafe extern "C" fn on_loading(
+    _ctx: *mut Ctx,
+    _event: raw::RedisModuleEvent,
+    sub: u64,
+    _data: *mut c_void,
+) {
     ffi::guard("loading event", (), || {
-        if sub == raw::REDISMODULE_SUBEVENT_LOADING_ENDED || sub == raw::REDISMODULE_SUBEVENT_LOADING_FAILED {
+        if sub == raw::REDISMODULE_SUBEVENT_LOADING_ENDED
+            || sub == raw::REDISMODULE_SUBEVENT_LOADING_FAILED
+        {
             persist::loading_ended();
         }
     })
 }
 
-unsafe extern "C" fn on_role_change(_ctx: *mut Ctx, _event: raw::RedisModuleEvent, sub: u64, _data: *mut c_void) {
+unsafe extern "C" fn on_role_change(
+    _ctx: *mut Ctx,
+    _event: raw::RedisModuleEvent,
+    sub: u64,
+    _data: *mut c_void,
+) {
     ffi::guard("role change event", (), || {
         state::set_primary(sub == raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER);
     })
 }
 
-unsafe extern "C" fn on_client_change(_ctx: *mut Ctx, _event: raw::RedisModuleEvent, sub: u64, data: *mut c_void) {
+unsafe extern "C" fn on_client_change(
+    _ctx: *mut Ctx,
+    _event: raw::RedisModuleEvent,
+    sub: u64,
+    data: *mut c_void,
+) {
     ffi::guard("client event", (), || {
         if sub == raw::REDISMODULE_SUBEVENT_CLIENT_CHANGE_DISCONNECTED {
             // SAFETY: CLIENT_CHANGE passes a RedisModuleClientInfo.
@@ -70,12 +94,31 @@ unsafe extern "C" fn on_client_change(_ctx: *mut Ctx, _event: raw::RedisModuleEv
 }
 
 /// FLUSHDB/FLUSHALL ended or databases were swapped: locks may be gone.
-unsafe extern "C" fn on_keyspace_reset(_ctx: *mut Ctx, event: raw::RedisModuleEvent, sub: u64, _data: *mut c_void) {
+unsafe extern "C" fn on_keyspace_reset(
+    _ctx: *mut Ctx,
+    event: raw::RedisModuleEvent,
+    sub: u64,
+    _data: *mut c_void,
+) {
     ffi::guard("flush event", (), || {
-        if event.id == raw::REDISMODULE_EVENT_SWAPDB || sub == raw::REDISMODULE_SUBEVENT_FLUSHDB_END {
+        if event.id == raw::REDISMODULE_EVENT_SWAPDB || sub == raw::REDISMODULE_SUBEVENT_FLUSHDB_END
+        {
             for lk in waiters::all_keys() {
                 waiters::schedule(&lk);
             }
+        }
+    })
+}
+
+unsafe extern "C" fn on_fork(
+    ctx: *mut Ctx,
+    _event: raw::RedisModuleEvent,
+    sub: u64,
+    _data: *mut c_void,
+) {
+    ffi::guard("fork event", (), || {
+        if sub == raw::REDISMODULE_SUBEVENT_FORK_CHILD_BORN {
+            policies::reemit_after_fork(ctx);
         }
     })
 }
@@ -92,12 +135,25 @@ fn subscribe(ctx: *mut Ctx, id: u64, cb: raw::RedisModuleEventCallback) -> Resul
 pub fn register(ctx: *mut Ctx) -> Result<(), String> {
     state::set_primary(ffi::context_flags(ctx) & raw::REDISMODULE_CTX_FLAGS_SLAVE == 0);
     subscribe(ctx, raw::REDISMODULE_EVENT_LOADING, Some(on_loading))?;
-    subscribe(ctx, raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED, Some(on_role_change))?;
-    subscribe(ctx, raw::REDISMODULE_EVENT_CLIENT_CHANGE, Some(on_client_change))?;
+    subscribe(
+        ctx,
+        raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED,
+        Some(on_role_change),
+    )?;
+    subscribe(
+        ctx,
+        raw::REDISMODULE_EVENT_CLIENT_CHANGE,
+        Some(on_client_change),
+    )?;
     subscribe(ctx, raw::REDISMODULE_EVENT_FLUSHDB, Some(on_keyspace_reset))?;
     subscribe(ctx, raw::REDISMODULE_EVENT_SWAPDB, Some(on_keyspace_reset))?;
-    if api!(RedisModule_SubscribeToKeyspaceEvents, ctx, raw::REDISMODULE_NOTIFY_EXPIRED, Some(on_expired))
-        != raw::REDISMODULE_OK as c_int
+    subscribe(ctx, raw::REDISMODULE_EVENT_FORK_CHILD, Some(on_fork))?;
+    if api!(
+        RedisModule_SubscribeToKeyspaceEvents,
+        ctx,
+        raw::REDISMODULE_NOTIFY_EXPIRED,
+        Some(on_expired)
+    ) != raw::REDISMODULE_OK as c_int
     {
         return Err("could not subscribe to expired keyspace events".into());
     }

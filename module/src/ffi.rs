@@ -151,8 +151,18 @@ pub struct OwnedString {
 impl OwnedString {
     pub fn new(bytes: &[u8]) -> Self {
         OwnedString {
-            ptr: api!(RedisModule_CreateString, std::ptr::null_mut(), bytes.as_ptr().cast(), bytes.len()),
+            ptr: api!(
+                RedisModule_CreateString,
+                std::ptr::null_mut(),
+                bytes.as_ptr().cast(),
+                bytes.len()
+            ),
         }
+    }
+
+    /// Takes ownership of a string Redis returned (NULL → `None`).
+    pub fn adopt(ptr: *mut RString) -> Option<Self> {
+        (!ptr.is_null()).then_some(OwnedString { ptr })
     }
 
     pub fn raw(&self) -> *mut RString {
@@ -167,23 +177,38 @@ impl Drop for OwnedString {
 }
 
 /// A context the module keeps for its own timers (created at load).
-static TIMER_CTX: std::sync::atomic::AtomicPtr<Ctx> = std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+static TIMER_CTX: std::sync::atomic::AtomicPtr<Ctx> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
 
 pub fn init_timer_ctx(ctx: *mut Ctx) {
-    TIMER_CTX.store(api!(RedisModule_GetDetachedThreadSafeContext, ctx), std::sync::atomic::Ordering::Relaxed);
+    TIMER_CTX.store(
+        api!(RedisModule_GetDetachedThreadSafeContext, ctx),
+        std::sync::atomic::Ordering::Relaxed,
+    );
 }
 
 /// Starts a one-shot timer calling `cb(ctx, data)` after `delay_ms`.
-pub fn start_timer(delay_ms: i64, cb: unsafe extern "C" fn(*mut Ctx, *mut c_void), data: *mut c_void) -> u64 {
+pub fn start_timer(
+    delay_ms: i64,
+    cb: unsafe extern "C" fn(*mut Ctx, *mut c_void),
+    data: *mut c_void,
+) -> u64 {
     let ctx = TIMER_CTX.load(std::sync::atomic::Ordering::Relaxed);
-    api!(RedisModule_CreateTimer, ctx, delay_ms.max(0), Some(cb), data)
+    api!(
+        RedisModule_CreateTimer,
+        ctx,
+        delay_ms.max(0),
+        Some(cb),
+        data
+    )
 }
 
 /// Stops a timer that has not fired; returns its data pointer.
 pub fn stop_timer(id: u64) -> Option<*mut c_void> {
     let ctx = TIMER_CTX.load(std::sync::atomic::Ordering::Relaxed);
     let mut data = std::ptr::null_mut();
-    (api!(RedisModule_StopTimer, ctx, id, &mut data) == raw::REDISMODULE_OK as c_int).then_some(data)
+    (api!(RedisModule_StopTimer, ctx, id, &mut data) == raw::REDISMODULE_OK as c_int)
+        .then_some(data)
 }
 
 pub fn selected_db(ctx: *mut Ctx) -> i32 {
@@ -196,7 +221,13 @@ pub fn select_db(ctx: *mut Ctx, db: i32) {
 
 /// Publishes a module keyspace event (`notify-keyspace-events` class `d`).
 pub fn notify(ctx: *mut Ctx, event: &CStr, key: *mut RString) {
-    api!(RedisModule_NotifyKeyspaceEvent, ctx, raw::REDISMODULE_NOTIFY_MODULE, event.as_ptr(), key);
+    api!(
+        RedisModule_NotifyKeyspaceEvent,
+        ctx,
+        raw::REDISMODULE_NOTIFY_MODULE,
+        event.as_ptr(),
+        key
+    );
 }
 
 /// A command invocation: the context and its arguments.
@@ -221,7 +252,11 @@ impl<'a> Call<'a> {
     /// The arguments after the command name, as byte slices.
     pub fn args(&self) -> Vec<&'a [u8]> {
         // SAFETY: the argument strings live until the command returns.
-        self.argv.iter().skip(1).map(|&s| unsafe { bytes(s) }).collect()
+        self.argv
+            .iter()
+            .skip(1)
+            .map(|&s| unsafe { bytes(s) })
+            .collect()
     }
 
     /// The key argument (argv[1]) as a Redis string, for opening and replication.
@@ -266,8 +301,9 @@ pub fn wall_now_ms() -> i64 {
 
 pub const CTX_REPLICATED: u32 = raw::REDISMODULE_CTX_FLAGS_REPLICATED;
 /// Contexts in which a command must not block (MULTI/EXEC, scripts, ...).
-pub const CTX_NO_BLOCKING: u32 =
-    raw::REDISMODULE_CTX_FLAGS_MULTI | raw::REDISMODULE_CTX_FLAGS_LUA | raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING;
+pub const CTX_NO_BLOCKING: u32 = raw::REDISMODULE_CTX_FLAGS_MULTI
+    | raw::REDISMODULE_CTX_FLAGS_LUA
+    | raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING;
 pub const CTX_LOADING: u32 = raw::REDISMODULE_CTX_FLAGS_LOADING;
 
 /// An open key, closed on drop.
@@ -356,7 +392,10 @@ pub mod reply {
 
     pub fn error(ctx: *mut Ctx, msg: &str) {
         // Redis adds the leading '-'; the message must be one line.
-        let clean: String = msg.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect();
+        let clean: String = msg
+            .chars()
+            .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+            .collect();
         let c = std::ffi::CString::new(clean.replace('\0', " ")).expect("no NUL");
         api!(RedisModule_ReplyWithError, ctx, c.as_ptr());
     }
@@ -383,12 +422,23 @@ pub mod reply {
     }
 
     pub fn bulk(ctx: *mut Ctx, b: &[u8]) {
-        api!(RedisModule_ReplyWithStringBuffer, ctx, b.as_ptr().cast::<c_char>(), b.len());
+        api!(
+            RedisModule_ReplyWithStringBuffer,
+            ctx,
+            b.as_ptr().cast::<c_char>(),
+            b.len()
+        );
     }
 }
 
 /// Logs through Redis's log (thread-safe with a NULL context).
 pub fn log(level: &CStr, msg: &str) {
     let c = std::ffi::CString::new(msg.replace('\0', " ")).expect("no NUL");
-    api!(RedisModule_Log, std::ptr::null_mut(), level.as_ptr(), c"%s".as_ptr(), c.as_ptr());
+    api!(
+        RedisModule_Log,
+        std::ptr::null_mut(),
+        level.as_ptr(),
+        c"%s".as_ptr(),
+        c.as_ptr()
+    );
 }

@@ -25,6 +25,8 @@ unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: 
             ("rejected_ttlmin", &stats::REJECTED_TTLMIN),
             ("policy_denials", &stats::POLICY_DENIALS),
             ("policy_failures", &stats::POLICY_FAILURES),
+            ("policy_audit_denials", &stats::POLICY_AUDIT_DENIALS),
+            ("policies_not_restored", &stats::POLICIES_NOT_RESTORED),
             ("expired_while_held", &stats::EXPIRED_WHILE_HELD),
             ("deleted_while_held", &stats::DELETED_WHILE_HELD),
         ] {

@@ -92,11 +92,20 @@ unsafe extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) 
         // SAFETY: our values are always `Box<Lease>`.
         let lease = unsafe { &*value.cast::<Lease>() };
         let bytes = lease::encode(lease);
-        api!(RedisModule_SaveStringBuffer, rdb, bytes.as_ptr().cast(), bytes.len());
+        api!(
+            RedisModule_SaveStringBuffer,
+            rdb,
+            bytes.as_ptr().cast(),
+            bytes.len()
+        );
     })
 }
 
-unsafe extern "C" fn aof_rewrite(aof: *mut raw::RedisModuleIO, key: *mut raw::RedisModuleString, value: *mut c_void) {
+unsafe extern "C" fn aof_rewrite(
+    aof: *mut raw::RedisModuleIO,
+    key: *mut raw::RedisModuleString,
+    value: *mut c_void,
+) {
     ffi::guard("aof_rewrite", (), || {
         // SAFETY: our values are always `Box<Lease>`.
         let lease = unsafe { &*value.cast::<Lease>() };
@@ -115,7 +124,12 @@ unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void)
     ffi::guard("digest", (), || {
         // SAFETY: our values are always `Box<Lease>`.
         let l = unsafe { &*value.cast::<Lease>() };
-        api!(RedisModule_DigestAddStringBuffer, md, l.owner.as_ptr().cast(), l.owner.len());
+        api!(
+            RedisModule_DigestAddStringBuffer,
+            md,
+            l.owner.as_ptr().cast(),
+            l.owner.len()
+        );
         for v in [
             l.token as i64,
             l.deadline_ms,

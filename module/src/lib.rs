@@ -6,6 +6,8 @@
 //! replicated, reply out. See `docs/COMMANDS.md` for the command reference and
 //! `../shared/DESIGN.md`-style notes in `docs/DESIGN.md`.
 
+// `cargo test` uses the system allocator: Redis's exists only inside Redis.
+#[cfg(not(test))]
 mod alloc;
 mod commands;
 mod config;
@@ -16,6 +18,7 @@ mod lease_type;
 mod list;
 mod logging;
 mod persist;
+mod policies;
 mod replicate;
 mod sessions;
 mod state;
@@ -23,6 +26,7 @@ mod stats;
 mod waiters;
 
 use ffi::api;
+use lockwarden_core::policy::PolicySpec;
 use redis_module::raw;
 use std::ffi::{CString, c_int};
 
@@ -52,13 +56,24 @@ entry!(cmd_extend => commands::extend);
 entry!(cmd_info => commands::info);
 entry!(cmd_grant => commands::grant);
 entry!(cmd_list => list::list);
+entry!(cmd_policy_load => policies::load);
+entry!(cmd_policy_unload => policies::unload);
+entry!(cmd_policy_list => policies::list);
+entry!(cmd_policy_eval => policies::eval);
 
 type Entry = unsafe extern "C" fn(*mut ffi::Ctx, *mut *mut ffi::RString, c_int) -> c_int;
 
 /// (name, entry, flags, first key, last key, key step)
 const COMMANDS: &[(&str, Entry, &str, c_int, c_int, c_int)] = &[
     // May block (WAIT), so not `fast`.
-    ("LOCK.ACQUIRE", cmd_acquire, "write deny-oom blocking", 1, 1, 1),
+    (
+        "LOCK.ACQUIRE",
+        cmd_acquire,
+        "write deny-oom blocking",
+        1,
+        1,
+        1,
+    ),
     ("LOCK.RELEASE", cmd_release, "write fast", 1, 1, 1),
     ("LOCK.EXTEND", cmd_extend, "write fast", 1, 1, 1),
     ("LOCK.INFO", cmd_info, "readonly fast", 1, 1, 1),
@@ -66,10 +81,22 @@ const COMMANDS: &[(&str, Entry, &str, c_int, c_int, c_int)] = &[
     ("LOCK.LIST", cmd_list, "readonly", 0, 0, 0),
 ];
 
+/// `LOCK.POLICY` subcommands: (name, entry, flags). Administrative, and only
+/// LOAD/UNLOAD change (replicated) state.
+const POLICY_SUBCOMMANDS: &[(&str, Entry, &str)] = &[
+    ("LOAD", cmd_policy_load, "admin write deny-oom deny-script"),
+    ("UNLOAD", cmd_policy_unload, "admin write"),
+    ("LIST", cmd_policy_list, "admin readonly"),
+    ("EVAL", cmd_policy_eval, "admin readonly"),
+];
+
+fn cstring(s: &str) -> CString {
+    CString::new(s).expect("no NUL in command tables")
+}
+
 fn register_commands(ctx: *mut ffi::Ctx) -> Result<(), String> {
     for &(name, entry, flags, first, last, step) in COMMANDS {
-        let cname = CString::new(name).expect("no NUL");
-        let cflags = CString::new(flags).expect("no NUL");
+        let (cname, cflags) = (cstring(name), cstring(flags));
         let rc = api!(
             RedisModule_CreateCommand,
             ctx,
@@ -84,23 +111,102 @@ fn register_commands(ctx: *mut ffi::Ctx) -> Result<(), String> {
             return Err(format!("could not create command {name}"));
         }
     }
+    // A container command: Redis dispatches to the subcommands.
+    let container = cstring("LOCK.POLICY");
+    let rc = api!(
+        RedisModule_CreateCommand,
+        ctx,
+        container.as_ptr(),
+        None,
+        c"admin".as_ptr(),
+        0,
+        0,
+        0
+    );
+    let parent = api!(RedisModule_GetCommand, ctx, container.as_ptr());
+    if rc != raw::REDISMODULE_OK as c_int || parent.is_null() {
+        return Err("could not create command LOCK.POLICY".into());
+    }
+    for &(name, entry, flags) in POLICY_SUBCOMMANDS {
+        let (cname, cflags) = (cstring(name), cstring(flags));
+        let rc = api!(
+            RedisModule_CreateSubcommand,
+            parent,
+            cname.as_ptr(),
+            Some(entry),
+            cflags.as_ptr(),
+            0,
+            0,
+            0
+        );
+        if rc != raw::REDISMODULE_OK as c_int {
+            return Err(format!("could not create command LOCK.POLICY {name}"));
+        }
+    }
     Ok(())
 }
 
 /// Applies module load arguments: `name value` pairs naming settings
-/// (`max-ttl-ms 30000`, with or without the `lockwarden.` prefix).
-fn apply_load_args(args: &[&[u8]]) -> Result<(), String> {
-    if args.len() % 2 != 0 {
+/// (`max-ttl-ms 30000`, with or without the `lockwarden.` prefix), or
+/// describing a policy to load at start-up (`policy-name`, `policy-file`,
+/// `policy-keys`, `policy-mode`, `policy-config`). Returns that policy.
+fn apply_load_args(args: &[&[u8]]) -> Result<Option<PolicySpec>, String> {
+    if !args.len().is_multiple_of(2) {
         return Err("module arguments must be name/value pairs".into());
     }
+    let mut policy: Vec<&[u8]> = Vec::new();
+    let mut file = None;
     for pair in args.chunks(2) {
-        let name = String::from_utf8_lossy(pair[0]);
-        let value = String::from_utf8_lossy(pair[1]);
-        if !config::apply_load_arg(&name, &value)? {
-            return Err(format!("unknown module argument '{name}'"));
+        let name = String::from_utf8_lossy(pair[0]).to_ascii_lowercase();
+        let value = pair[1];
+        match name.strip_prefix("policy-") {
+            Some("file") => file = Some(String::from_utf8_lossy(value).into_owned()),
+            Some(option @ ("name" | "keys" | "mode" | "config")) => {
+                policy.push(if option == "name" { b"NAME" } else { pair[0] });
+                policy.push(value);
+            }
+            _ => {
+                if !config::apply_load_arg(&name, &String::from_utf8_lossy(value))? {
+                    return Err(format!("unknown module argument '{name}'"));
+                }
+            }
         }
     }
-    Ok(())
+    let Some(file) = file else {
+        return match policy.is_empty() {
+            true => Ok(None),
+            false => Err("policy-* arguments need policy-file".into()),
+        };
+    };
+    let wasm = std::fs::read(&file).map_err(|e| format!("cannot read policy-file {file}: {e}"))?;
+    // Reuse the LOCK.POLICY LOAD parser: NAME first, options, WASM last.
+    let mut words: Vec<&[u8]> = Vec::new();
+    let mut name: &[u8] = b"default";
+    for pair in policy.chunks(2) {
+        match pair[0] {
+            b"NAME" => name = pair[1],
+            option => {
+                let option = option.strip_prefix(b"policy-").unwrap_or(option);
+                words.push(if option.eq_ignore_ascii_case(b"config") {
+                    b"CONFIG"
+                } else {
+                    option
+                });
+                words.push(pair[1]);
+            }
+        }
+    }
+    words.insert(0, name);
+    words.push(b"WASM");
+    words.push(&wasm);
+    let req = lockwarden_core::parse::policy_load(&words).map_err(|e| e.to_string())?;
+    Ok(Some(PolicySpec {
+        name: String::from_utf8_lossy(req.name).into_owned(),
+        keys: req.keys.to_vec(),
+        mode: req.mode,
+        settings: req.settings.to_vec(),
+        wasm: req.wasm.to_vec(),
+    }))
 }
 
 fn load(ctx: *mut ffi::Ctx, argv: *mut *mut ffi::RString, argc: c_int) -> Result<(), String> {
@@ -112,13 +218,17 @@ fn load(ctx: *mut ffi::Ctx, argv: *mut *mut ffi::RString, argc: c_int) -> Result
         ));
     }
     logging::init();
-    api!(RedisModule_SetModuleOptions, ctx, raw::REDISMODULE_OPTIONS_HANDLE_IO_ERRORS as c_int);
+    api!(
+        RedisModule_SetModuleOptions,
+        ctx,
+        raw::REDISMODULE_OPTIONS_HANDLE_IO_ERRORS as c_int
+    );
     state::init_incarnation();
     // SAFETY: OnLoad's argv holds argc valid strings for the duration of the call.
     let args: Vec<&[u8]> = (0..argc.max(0) as usize)
         .map(|i| unsafe { ffi::bytes(*argv.add(i)) })
         .collect();
-    apply_load_args(&args)?;
+    let startup_policy = apply_load_args(&args)?;
     lease_type::LEASE_TYPE
         .create_data_type(ctx)
         .map_err(|e| format!("could not create the lock data type: {e}"))?;
@@ -127,6 +237,10 @@ fn load(ctx: *mut ffi::Ctx, argv: *mut *mut ffi::RString, argc: c_int) -> Result
     info::register(ctx)?;
     events::register(ctx)?;
     ffi::init_timer_ctx(ctx);
+    policies::init()?;
+    if let Some(spec) = startup_policy {
+        policies::load_at_startup(spec)?;
+    }
     tracing::info!(
         "lockwarden {} loaded (max-ttl-ms {}, clamp-ttl {})",
         env!("CARGO_PKG_VERSION"),
@@ -159,13 +273,15 @@ pub unsafe extern "C" fn RedisModule_OnLoad(
     if init == raw::Status::Err as c_int {
         return raw::REDISMODULE_ERR as c_int;
     }
-    ffi::guard("module load", raw::REDISMODULE_ERR as c_int, || {
-        match load(ctx, argv, argc) {
+    ffi::guard(
+        "module load",
+        raw::REDISMODULE_ERR as c_int,
+        || match load(ctx, argv, argc) {
             Ok(()) => raw::REDISMODULE_OK as c_int,
             Err(msg) => {
                 ffi::log(c"warning", &format!("lockwarden: not loaded: {msg}"));
                 raw::REDISMODULE_ERR as c_int
             }
-        }
-    })
+        },
+    )
 }

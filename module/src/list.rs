@@ -74,11 +74,14 @@ pub fn list(call: &Call) -> Result<(), LockError> {
         let Some(mut key) = Key::read(call.ctx, owned.raw()) else {
             continue;
         };
-        if let Slot::Ours(lease) = key.slot::<Lease>(ty()) {
-            if req.held_more_ms.is_none_or(|min| lease.held_ms(now) > min) {
-                let lk = LockKey { db, name: name.into() };
-                rows.push((name.to_vec(), lease.clone(), waiters::len(&lk)));
-            }
+        if let Slot::Ours(lease) = key.slot::<Lease>(ty())
+            && req.held_more_ms.is_none_or(|min| lease.held_ms(now) > min)
+        {
+            let lk = LockKey {
+                db,
+                name: name.into(),
+            };
+            rows.push((name.to_vec(), lease.clone(), waiters::len(&lk)));
         }
     }
     let ctx = call.ctx;

@@ -1,5 +1,5 @@
 //! Node-wide state in the RDB: an aux field written before the keyspace with
-//! the token high-water mark and the process incarnation.
+//! the token high-water mark, the process incarnation and the policies.
 //!
 //! Loading it raises the token clock (so tokens never go back after a restart
 //! from RDB or `DEBUG RELOAD`, even if every lock had been released), and tells
@@ -8,6 +8,7 @@
 //! process).
 
 use crate::ffi::{self, api};
+use crate::policies;
 use crate::state::{self, MainThread};
 use redis_module::raw;
 use std::cell::Cell;
@@ -36,10 +37,21 @@ pub unsafe extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, when: c_int) {
         api!(RedisModule_SaveUnsigned, rdb, AUX_V1);
         api!(RedisModule_SaveUnsigned, rdb, state::high_water());
         api!(RedisModule_SaveUnsigned, rdb, state::incarnation());
+        let specs = policies::encoded();
+        api!(
+            RedisModule_SaveStringBuffer,
+            rdb,
+            specs.as_ptr().cast(),
+            specs.len()
+        );
     })
 }
 
-pub unsafe extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, _encver: c_int, when: c_int) -> c_int {
+pub unsafe extern "C" fn aux_load(
+    rdb: *mut raw::RedisModuleIO,
+    _encver: c_int,
+    when: c_int,
+) -> c_int {
     ffi::guard("aux_load", raw::REDISMODULE_ERR as c_int, || {
         if when != raw::REDISMODULE_AUX_BEFORE_RDB as c_int {
             return raw::REDISMODULE_ERR as c_int;
@@ -47,12 +59,26 @@ pub unsafe extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, _encver: c_int, 
         let version = api!(RedisModule_LoadUnsigned, rdb);
         let high_water = api!(RedisModule_LoadUnsigned, rdb);
         let incarnation = api!(RedisModule_LoadUnsigned, rdb);
-        if api!(RedisModule_IsIOError, rdb) != 0 || version != AUX_V1 {
+        let mut len = 0usize;
+        let specs = api!(RedisModule_LoadStringBuffer, rdb, &mut len);
+        if api!(RedisModule_IsIOError, rdb) != 0 || version != AUX_V1 || specs.is_null() {
             tracing::warn!("cannot load lockwarden aux data (version {version})");
             return raw::REDISMODULE_ERR as c_int;
         }
         state::observe_token(high_water);
-        KEEP_CLIENT_IDS.get().set(incarnation == state::incarnation());
-        raw::REDISMODULE_OK as c_int
+        KEEP_CLIENT_IDS
+            .get()
+            .set(incarnation == state::incarnation());
+        // SAFETY: Redis returned `len` bytes allocated with its allocator.
+        let restored =
+            policies::restore(unsafe { std::slice::from_raw_parts(specs.cast::<u8>(), len) });
+        api!(RedisModule_Free, specs.cast());
+        match restored {
+            Ok(()) => raw::REDISMODULE_OK as c_int,
+            Err(e) => {
+                tracing::warn!("cannot load the policies saved in the RDB: {e}");
+                raw::REDISMODULE_ERR as c_int
+            }
+        }
     })
 }

@@ -18,7 +18,8 @@ macro_rules! emit_grant {
         // The format strings match the argument lists exactly.
         {
             if l.session {
-                api!($emit, 
+                api!(
+                    $emit,
                     $target,
                     GRANT_CMD.as_ptr(),
                     c"sbllllc".as_ptr(),
@@ -32,7 +33,8 @@ macro_rules! emit_grant {
                     c"SESSION".as_ptr(),
                 )
             } else {
-                api!($emit, 
+                api!(
+                    $emit,
                     $target,
                     GRANT_CMD.as_ptr(),
                     c"sbllll".as_ptr(),
@@ -61,5 +63,11 @@ pub fn emit_grant_aof(aof: *mut RedisModuleIO, key: *mut RString, lease: &Lease)
 
 /// Replicates the removal of a lock.
 pub fn delete(ctx: *mut Ctx, key: *mut RString) {
-    api!(RedisModule_Replicate, ctx, c"DEL".as_ptr(), c"s".as_ptr(), key);
+    api!(
+        RedisModule_Replicate,
+        ctx,
+        c"DEL".as_ptr(),
+        c"s".as_ptr(),
+        key
+    );
 }

@@ -31,8 +31,15 @@ fn with<R>(f: impl FnOnce(&mut Index) -> R) -> R {
 /// Records a session lease granted on this node.
 pub fn track(lease: &Lease, db: i32, name: &[u8]) {
     if lease.session && lease.client_id != 0 {
-        let lk = LockKey { db, name: name.into() };
-        with(|ix| ix.entry(lease.client_id).or_default().insert(lease.token, lk));
+        let lk = LockKey {
+            db,
+            name: name.into(),
+        };
+        with(|ix| {
+            ix.entry(lease.client_id)
+                .or_default()
+                .insert(lease.token, lk)
+        });
     }
 }
 

@@ -40,6 +40,8 @@ pub static REJECTED_TTLMAX: Counter = Counter::new();
 pub static REJECTED_TTLMIN: Counter = Counter::new();
 pub static POLICY_DENIALS: Counter = Counter::new();
 pub static POLICY_FAILURES: Counter = Counter::new();
+pub static POLICY_AUDIT_DENIALS: Counter = Counter::new();
+pub static POLICIES_NOT_RESTORED: Counter = Counter::new();
 pub static EXPIRED_WHILE_HELD: Counter = Counter::new();
 pub static DELETED_WHILE_HELD: Counter = Counter::new();
 pub static HANDOFFS: Counter = Counter::new();
@@ -77,7 +79,7 @@ pub fn error(e: &LockError) {
         LockError::TtlMin { .. } => REJECTED_TTLMIN.incr(),
         LockError::Denied { .. } => POLICY_DENIALS.incr(),
         LockError::Policy { .. } => POLICY_FAILURES.incr(),
-        LockError::Syntax(_) | LockError::WrongType => {}
+        LockError::Syntax(_) | LockError::WrongType | LockError::BadPolicy(_) => {}
     }
 }
 
@@ -104,7 +106,10 @@ pub fn lock_unlinked(lease: &Lease, now_ms: i64) {
         return;
     }
     let end = now_ms.min(lease.deadline_ms);
-    HOLD_MS.get().borrow_mut().record(end.saturating_sub(lease.acquired_at_ms).max(0) as u64);
+    HOLD_MS
+        .get()
+        .borrow_mut()
+        .record(end.saturating_sub(lease.acquired_at_ms).max(0) as u64);
     if state::is_own_write() {
         return;
     }

@@ -59,7 +59,10 @@ struct Registry {
 static REGISTRY: MainThread<RefCell<Option<Registry>>> = MainThread::new(RefCell::new(None));
 
 fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
-    f(REGISTRY.get().borrow_mut().get_or_insert_with(Registry::default))
+    f(REGISTRY
+        .get()
+        .borrow_mut()
+        .get_or_insert_with(Registry::default))
 }
 
 /// What a woken waiter is told.
@@ -81,7 +84,13 @@ pub fn len(lk: &LockKey) -> usize {
 /// The queues for a key name in any database (the unlink callback does not
 /// know the database).
 pub fn keys_named(name: &[u8]) -> Vec<LockKey> {
-    with(|r| r.queues.keys().filter(|k| *k.name == *name).cloned().collect())
+    with(|r| {
+        r.queues
+            .keys()
+            .filter(|k| *k.name == *name)
+            .cloned()
+            .collect()
+    })
 }
 
 /// Every key with waiters.
@@ -92,7 +101,14 @@ pub fn all_keys() -> Vec<LockKey> {
 /// Blocks the calling client until it is granted `req`'s lock, the timeout
 /// passes (nil), or it disconnects. `holder_deadline_ms` is the current
 /// holder's deadline, when the queue's timer must fire at the latest.
-pub fn block(ctx: *mut Ctx, lk: LockKey, req: &parse::Acquire<'_>, cap: Option<u64>, timeout_ms: u64, holder_deadline_ms: i64) {
+pub fn block(
+    ctx: *mut Ctx,
+    lk: LockKey,
+    req: &parse::Acquire<'_>,
+    cap: Option<u64>,
+    timeout_ms: u64,
+    holder_deadline_ms: i64,
+) {
     let bc = api!(
         RedisModule_BlockClient,
         ctx,
@@ -162,12 +178,20 @@ fn pop(lk: &LockKey) -> Option<Waiter> {
 fn push_front(lk: &LockKey, w: Waiter) {
     with(|r| {
         r.blocked.insert(w.bc as usize, lk.clone());
-        r.queues.entry(lk.clone()).or_default().waiters.push_front(w);
+        r.queues
+            .entry(lk.clone())
+            .or_default()
+            .waiters
+            .push_front(w);
     })
 }
 
 fn wake(bc: *mut Blocked, wake: Wake) {
-    api!(RedisModule_UnblockClient, bc, Box::into_raw(Box::new(wake)).cast());
+    api!(
+        RedisModule_UnblockClient,
+        bc,
+        Box::into_raw(Box::new(wake)).cast()
+    );
 }
 
 fn cancel(timer: u64) {
@@ -233,9 +257,13 @@ pub fn serve(ctx: *mut Ctx, lk: &LockKey, name: *mut RString) {
             wait_ms: None,
             session: w.session,
         };
-        let caller = Caller { client_id: w.client_id };
+        let caller = Caller {
+            client_id: w.client_id,
+        };
         let limits = config::ttl_limits();
-        match state::with_clock(|c| rules::acquire(current.as_ref(), &req, caller, w.cap, &limits, c, now)) {
+        match state::with_clock(|c| {
+            rules::acquire(current.as_ref(), &req, caller, w.cap, &limits, c, now)
+        }) {
             Ok(Acquired::Granted { lease, ttl_ms, .. }) => {
                 let token = lease.token;
                 commands::install(ctx, &mut key, lk, name, lease, GrantKind::Acquired, now);

@@ -13,6 +13,7 @@
 //! | `DENIED`   | a policy denied the command |
 //! | `POLICY`   | a policy failed (trap, fuel, memory, bad decision) under `policy-failure deny` |
 //! | `WRONGTYPE`| the key holds a value that is not a lock |
+//! | `BADPOLICY`| `LOCK.POLICY LOAD` refused a module or its settings |
 
 use std::fmt;
 
@@ -55,6 +56,8 @@ pub enum LockError {
     },
     /// The key holds a value that is not a lock.
     WrongType,
+    /// `LOCK.POLICY LOAD` refused a module or its settings.
+    BadPolicy(String),
     /// A policy could not be evaluated.
     Policy {
         /// The policy's name.
@@ -76,6 +79,7 @@ impl LockError {
             LockError::Denied { .. } => "DENIED",
             LockError::Policy { .. } => "POLICY",
             LockError::WrongType => "WRONGTYPE",
+            LockError::BadPolicy(_) => "BADPOLICY",
         }
     }
 
@@ -91,7 +95,9 @@ impl fmt::Display for LockError {
         write!(f, "{} ", self.code())?;
         match self {
             LockError::Syntax(m) => f.write_str(m),
-            LockError::NotHeld => f.write_str("the lock is not held (it expired or was never acquired)"),
+            LockError::NotHeld => {
+                f.write_str("the lock is not held (it expired or was never acquired)")
+            }
             LockError::NotOwner => f.write_str("the lock is held by another owner"),
             LockError::StaleFence { given, current } => write!(
                 f,
@@ -113,6 +119,7 @@ impl fmt::Display for LockError {
             LockError::WrongType => {
                 f.write_str("Operation against a key holding the wrong kind of value")
             }
+            LockError::BadPolicy(m) => write!(f, "{}", Clean(m)),
         }
     }
 }
@@ -149,12 +156,28 @@ mod tests {
             LockError::syntax("wrong number of arguments for 'lock.acquire' command"),
             LockError::NotHeld,
             LockError::NotOwner,
-            LockError::StaleFence { given: 1, current: 2 },
-            LockError::TtlMax { requested: 2, max: 1 },
-            LockError::TtlMin { requested: 1, min: 2 },
-            LockError::Denied { policy: "p".into(), reason: "r".into() },
-            LockError::Policy { policy: "p".into(), cause: "c".into() },
+            LockError::StaleFence {
+                given: 1,
+                current: 2,
+            },
+            LockError::TtlMax {
+                requested: 2,
+                max: 1,
+            },
+            LockError::TtlMin {
+                requested: 1,
+                min: 2,
+            },
+            LockError::Denied {
+                policy: "p".into(),
+                reason: "r".into(),
+            },
+            LockError::Policy {
+                policy: "p".into(),
+                cause: "c".into(),
+            },
             LockError::WrongType,
+            LockError::BadPolicy("imports present".into()),
         ];
         for e in errors {
             let text = e.to_string();

@@ -9,9 +9,11 @@
 
 pub mod clock;
 pub mod error;
+pub mod histogram;
 pub mod lease;
 pub mod limits;
 pub mod parse;
+pub mod policy;
 pub mod rules;
 
 pub use clock::TokenClock;

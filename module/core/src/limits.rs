@@ -70,9 +70,15 @@ mod tests {
     fn above_max_is_rejected_or_clamped() {
         assert_eq!(
             STRICT.grant(1001, None),
-            Err(LockError::TtlMax { requested: 1001, max: 1000 })
+            Err(LockError::TtlMax {
+                requested: 1001,
+                max: 1000
+            })
         );
-        let clamp = TtlLimits { clamp: true, ..STRICT };
+        let clamp = TtlLimits {
+            clamp: true,
+            ..STRICT
+        };
         assert_eq!(clamp.grant(5_000_000, None), Ok(1000));
     }
 
@@ -80,9 +86,15 @@ mod tests {
     fn below_min_is_rejected() {
         assert_eq!(
             STRICT.grant(9, None),
-            Err(LockError::TtlMin { requested: 9, min: 10 })
+            Err(LockError::TtlMin {
+                requested: 9,
+                min: 10
+            })
         );
-        let clamp = TtlLimits { clamp: true, ..STRICT };
+        let clamp = TtlLimits {
+            clamp: true,
+            ..STRICT
+        };
         assert!(clamp.grant(9, None).is_err());
     }
 
@@ -90,6 +102,9 @@ mod tests {
     fn policy_clamps_apply_before_the_server_limits() {
         assert_eq!(STRICT.grant(5000, Some(800)), Ok(800));
         assert_eq!(STRICT.grant(300, Some(800)), Ok(300));
-        assert!(matches!(STRICT.grant(500, Some(5)), Err(LockError::TtlMin { .. })));
+        assert!(matches!(
+            STRICT.grant(500, Some(5)),
+            Err(LockError::TtlMin { .. })
+        ));
     }
 }

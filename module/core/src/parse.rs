@@ -79,6 +79,38 @@ pub struct List<'a> {
     pub count: u64,
 }
 
+/// `LOCK.POLICY LOAD name [KEYS glob] [MODE enforce|audit] [CONFIG settings] [REPLACE] WASM bytes`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyLoad<'a> {
+    /// The policy's name.
+    pub name: &'a [u8],
+    /// Key glob (default `*`).
+    pub keys: &'a [u8],
+    /// Enforce or audit.
+    pub mode: crate::policy::Mode,
+    /// Settings for the policy (default empty).
+    pub settings: &'a [u8],
+    /// Replace a policy of the same name.
+    pub replace: bool,
+    /// The module.
+    pub wasm: &'a [u8],
+}
+
+/// `LOCK.POLICY EVAL name ACQUIRE|EXTEND|RELEASE key owner ttl-ms`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyEval<'a> {
+    /// The policy's name.
+    pub name: &'a [u8],
+    /// The operation to simulate.
+    pub op: lockwarden_sdk::Operation,
+    /// The lock's key.
+    pub key: &'a [u8],
+    /// The owner.
+    pub owner: &'a [u8],
+    /// The TTL asked for.
+    pub ttl_ms: u64,
+}
+
 /// Default and largest `COUNT` of `LOCK.LIST`.
 pub const LIST_DEFAULT_COUNT: u64 = 100;
 pub const LIST_MAX_COUNT: u64 = 10_000;
@@ -109,14 +141,18 @@ pub fn parse_i64(arg: &[u8]) -> Option<i64> {
 fn positive(arg: &[u8], what: &str) -> Result<u64, LockError> {
     match parse_u64(arg) {
         Some(v) if v > 0 && v <= i64::MAX as u64 => Ok(v),
-        _ => Err(LockError::syntax(format!("{what} must be a positive integer"))),
+        _ => Err(LockError::syntax(format!(
+            "{what} must be a positive integer"
+        ))),
     }
 }
 
 fn non_negative(arg: &[u8], what: &str) -> Result<u64, LockError> {
     match parse_u64(arg) {
         Some(v) if v <= i64::MAX as u64 => Ok(v),
-        _ => Err(LockError::syntax(format!("{what} must be a non-negative integer"))),
+        _ => Err(LockError::syntax(format!(
+            "{what} must be a non-negative integer"
+        ))),
     }
 }
 
@@ -136,6 +172,9 @@ fn owner(arg: &[u8]) -> Result<&[u8], LockError> {
         Ok(arg)
     }
 }
+
+/// One parsed option: its canonical name and its value, if it takes one.
+type Opt<'a> = (&'static str, Option<&'a [u8]>);
 
 /// Walks `[NAME value] [FLAG]` options. `with_value` names the options that
 /// take a value; each option may appear once.
@@ -157,7 +196,7 @@ impl<'a, 'b> Options<'a, 'b> {
     fn next(
         &mut self,
         known: &[(&'static str, bool)],
-    ) -> Option<Result<(&'static str, Option<&'a [u8]>), LockError>> {
+    ) -> Option<Result<Opt<'a>, LockError>> {
         let (&name, rest) = self.args.split_first()?;
         let Some(&(canonical, takes_value)) = known
             .iter()
@@ -256,7 +295,12 @@ pub fn list<'a>(args: &[&'a [u8]]) -> Result<List<'a>, LockError> {
         count: LIST_DEFAULT_COUNT,
     };
     let mut opts = Options::new(args);
-    let known = [("CURSOR", true), ("MATCH", true), ("HELDMORE", true), ("COUNT", true)];
+    let known = [
+        ("CURSOR", true),
+        ("MATCH", true),
+        ("HELDMORE", true),
+        ("COUNT", true),
+    ];
     while let Some(opt) = opts.next(&known) {
         match opt? {
             ("CURSOR", Some(v)) => {
@@ -277,6 +321,79 @@ pub fn list<'a>(args: &[&'a [u8]]) -> Result<List<'a>, LockError> {
         }
     }
     Ok(req)
+}
+
+/// Parses `LOCK.POLICY LOAD` arguments (after `LOAD`). `WASM` comes last and
+/// takes the rest: exactly one argument.
+pub fn policy_load<'a>(args: &[&'a [u8]]) -> Result<PolicyLoad<'a>, LockError> {
+    let Some(wasm_at) = args.iter().position(|a| a.eq_ignore_ascii_case(b"WASM")) else {
+        return Err(LockError::syntax(
+            "LOCK.POLICY LOAD needs WASM <bytes> as its last argument",
+        ));
+    };
+    let [name, options @ ..] = &args[..wasm_at] else {
+        return Err(arity("lock.policy|load"));
+    };
+    let [wasm] = &args[wasm_at + 1..] else {
+        return Err(LockError::syntax(
+            "WASM must be followed by exactly one argument: the module",
+        ));
+    };
+    let mut req = PolicyLoad {
+        name,
+        keys: b"*",
+        mode: crate::policy::Mode::Enforce,
+        settings: b"",
+        replace: false,
+        wasm,
+    };
+    let mut opts = Options::new(options);
+    let known = [
+        ("KEYS", true),
+        ("MODE", true),
+        ("CONFIG", true),
+        ("REPLACE", false),
+    ];
+    while let Some(opt) = opts.next(&known) {
+        match opt? {
+            ("KEYS", Some(v)) => req.keys = v,
+            ("MODE", Some(v)) if v.eq_ignore_ascii_case(b"enforce") => {
+                req.mode = crate::policy::Mode::Enforce
+            }
+            ("MODE", Some(v)) if v.eq_ignore_ascii_case(b"audit") => {
+                req.mode = crate::policy::Mode::Audit
+            }
+            ("MODE", _) => return Err(LockError::syntax("MODE must be enforce or audit")),
+            ("CONFIG", Some(v)) => req.settings = v,
+            _ => req.replace = true,
+        }
+    }
+    Ok(req)
+}
+
+/// Parses `LOCK.POLICY EVAL` arguments (after `EVAL`).
+pub fn policy_eval<'a>(args: &[&'a [u8]]) -> Result<PolicyEval<'a>, LockError> {
+    let [name, op, key, who, ttl] = args else {
+        return Err(arity("lock.policy|eval"));
+    };
+    let op = if op.eq_ignore_ascii_case(b"ACQUIRE") {
+        lockwarden_sdk::Operation::Acquire
+    } else if op.eq_ignore_ascii_case(b"EXTEND") {
+        lockwarden_sdk::Operation::Extend
+    } else if op.eq_ignore_ascii_case(b"RELEASE") {
+        lockwarden_sdk::Operation::Release
+    } else {
+        return Err(LockError::syntax(
+            "the operation must be ACQUIRE, EXTEND or RELEASE",
+        ));
+    };
+    Ok(PolicyEval {
+        name,
+        op,
+        key,
+        owner: owner(who)?,
+        ttl_ms: non_negative(ttl, "ttl-ms")?,
+    })
 }
 
 /// Parses `LOCK._GRANT` arguments.
@@ -325,7 +442,10 @@ mod tests {
     #[test]
     fn acquire_forms() {
         let r = acquire(&a(&["k", "me", "100"])).unwrap();
-        assert_eq!((r.key, r.owner, r.ttl_ms, r.wait_ms, r.session), (&b"k"[..], &b"me"[..], 100, None, false));
+        assert_eq!(
+            (r.key, r.owner, r.ttl_ms, r.wait_ms, r.session),
+            (&b"k"[..], &b"me"[..], 100, None, false)
+        );
         let r = acquire(&a(&["k", "me", "100", "session", "WAIT", "0"])).unwrap();
         assert_eq!((r.wait_ms, r.session), (Some(0), true));
     }
@@ -360,7 +480,10 @@ mod tests {
     #[test]
     fn release_and_extend_forms() {
         assert_eq!(release(&a(&["k", "me"])).unwrap().fence, None);
-        assert_eq!(release(&a(&["k", "me", "fence", "7"])).unwrap().fence, Some(7));
+        assert_eq!(
+            release(&a(&["k", "me", "fence", "7"])).unwrap().fence,
+            Some(7)
+        );
         assert!(release(&a(&["k"])).is_err());
         assert!(release(&a(&["k", "me", "FENCE"])).is_err());
         assert!(release(&a(&["k", "me", "FENCE", "0"])).is_err());
@@ -374,7 +497,16 @@ mod tests {
     #[test]
     fn grant_forms() {
         let g = grant(&a(&["k", "me", "5", "200", "100", "2", "SESSION"])).unwrap();
-        assert_eq!((g.token, g.deadline_ms, g.acquired_at_ms, g.extensions, g.session), (5, 200, 100, 2, true));
+        assert_eq!(
+            (
+                g.token,
+                g.deadline_ms,
+                g.acquired_at_ms,
+                g.extensions,
+                g.session
+            ),
+            (5, 200, 100, 2, true)
+        );
         assert!(grant(&a(&["k", "me", "5", "100", "200", "0"])).is_err());
         assert!(grant(&a(&["k", "me", "0", "200", "100", "0"])).is_err());
         assert!(grant(&a(&["k", "me", "5", "200", "100"])).is_err());
@@ -385,14 +517,54 @@ mod tests {
     #[test]
     fn list_forms() {
         let l = list(&[]).unwrap();
-        assert_eq!((l.cursor, l.pattern, l.held_more_ms, l.count), (0, None, None, LIST_DEFAULT_COUNT));
-        let l = list(&a(&["cursor", "17", "MATCH", "orders:*", "heldmore", "5000", "COUNT", "10"])).unwrap();
-        assert_eq!((l.cursor, l.pattern, l.held_more_ms, l.count), (17, Some(&b"orders:*"[..]), Some(5000), 10));
+        assert_eq!(
+            (l.cursor, l.pattern, l.held_more_ms, l.count),
+            (0, None, None, LIST_DEFAULT_COUNT)
+        );
+        let l = list(&a(&[
+            "cursor", "17", "MATCH", "orders:*", "heldmore", "5000", "COUNT", "10",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (l.cursor, l.pattern, l.held_more_ms, l.count),
+            (17, Some(&b"orders:*"[..]), Some(5000), 10)
+        );
         assert!(list(&a(&["COUNT", "0"])).is_err());
         assert!(list(&a(&["COUNT", "10001"])).is_err());
         assert!(list(&a(&["CURSOR", "x"])).is_err());
         assert!(list(&a(&["MATCH"])).is_err());
         assert!(list(&a(&["BOGUS", "1"])).is_err());
+    }
+
+    #[test]
+    fn policy_load_forms() {
+        let l = policy_load(&a(&["p", "WASM", "\0asm"])).unwrap();
+        assert_eq!(
+            (l.name, l.keys, l.settings, l.replace, l.wasm),
+            (&b"p"[..], &b"*"[..], &b""[..], false, &b"\0asm"[..])
+        );
+        let l = policy_load(&a(&[
+            "p", "KEYS", "o:*", "MODE", "audit", "CONFIG", "{}", "REPLACE", "wasm", "x",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (l.keys, l.mode, l.settings, l.replace),
+            (&b"o:*"[..], crate::policy::Mode::Audit, &b"{}"[..], true)
+        );
+        assert!(policy_load(&a(&["p"])).is_err());
+        assert!(policy_load(&a(&["WASM", "x"])).is_err());
+        assert!(policy_load(&a(&["p", "WASM"])).is_err());
+        assert!(policy_load(&a(&["p", "WASM", "x", "y"])).is_err());
+        assert!(policy_load(&a(&["p", "MODE", "maybe", "WASM", "x"])).is_err());
+        assert!(policy_load(&a(&["p", "NOPE", "WASM", "x"])).is_err());
+    }
+
+    #[test]
+    fn policy_eval_forms() {
+        let e = policy_eval(&a(&["p", "extend", "k", "me", "5"])).unwrap();
+        assert_eq!((e.op, e.ttl_ms), (lockwarden_sdk::Operation::Extend, 5));
+        assert!(policy_eval(&a(&["p", "grab", "k", "me", "5"])).is_err());
+        assert!(policy_eval(&a(&["p", "acquire", "k", "me"])).is_err());
     }
 
     #[test]
@@ -413,6 +585,8 @@ mod tests {
             let _ = extend(&args);
             let _ = grant(&args);
             let _ = list(&args);
+            let _ = policy_load(&args);
+            let _ = policy_eval(&args);
         }
     }
 }

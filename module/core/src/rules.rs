@@ -155,7 +155,11 @@ mod tests {
 
     fn granted(r: Result<Acquired, LockError>) -> (Lease, u64, bool) {
         match r.unwrap() {
-            Acquired::Granted { lease, ttl_ms, fresh } => (lease, ttl_ms, fresh),
+            Acquired::Granted {
+                lease,
+                ttl_ms,
+                fresh,
+            } => (lease, ttl_ms, fresh),
             Acquired::Contended => panic!("contended"),
         }
     }
@@ -163,7 +167,15 @@ mod tests {
     #[test]
     fn a_free_lock_is_granted_with_a_fresh_token() {
         let mut clock = TokenClock::new();
-        let (l, ttl, fresh) = granted(acquire(None, &acq("a", 500), ME, None, &LIMITS, &mut clock, NOW));
+        let (l, ttl, fresh) = granted(acquire(
+            None,
+            &acq("a", 500),
+            ME,
+            None,
+            &LIMITS,
+            &mut clock,
+            NOW,
+        ));
         assert!(fresh);
         assert_eq!(ttl, 500);
         assert_eq!(l.deadline_ms, NOW + 500);
@@ -176,7 +188,15 @@ mod tests {
     fn a_held_lock_is_contended_for_others() {
         let mut clock = TokenClock::new();
         let held = lease("a", 5, NOW, 1000);
-        let r = acquire(Some(&held), &acq("b", 500), ME, None, &LIMITS, &mut clock, NOW + 10);
+        let r = acquire(
+            Some(&held),
+            &acq("b", 500),
+            ME,
+            None,
+            &LIMITS,
+            &mut clock,
+            NOW + 10,
+        );
         assert_eq!(r, Ok(Acquired::Contended));
         assert_eq!(clock.high_water(), 0, "no token is spent on contention");
     }
@@ -186,7 +206,15 @@ mod tests {
         let mut clock = TokenClock::new();
         let mut held = lease("a", 5, NOW, 1000);
         held.extensions = 2;
-        let (l, ttl, fresh) = granted(acquire(Some(&held), &acq("a", 300), ME, None, &LIMITS, &mut clock, NOW + 900));
+        let (l, ttl, fresh) = granted(acquire(
+            Some(&held),
+            &acq("a", 300),
+            ME,
+            None,
+            &LIMITS,
+            &mut clock,
+            NOW + 900,
+        ));
         assert!(!fresh);
         assert_eq!((l.token, ttl, l.deadline_ms), (5, 300, NOW + 1200));
         assert_eq!((l.acquired_at_ms, l.extensions), (NOW, 2));
@@ -196,44 +224,122 @@ mod tests {
     fn an_expired_lease_is_free() {
         let mut clock = TokenClock::new();
         let held = lease("a", 5, NOW, 1000);
-        let (l, _, fresh) = granted(acquire(Some(&held), &acq("b", 300), ME, None, &LIMITS, &mut clock, NOW + 1001));
+        let (l, _, fresh) = granted(acquire(
+            Some(&held),
+            &acq("b", 300),
+            ME,
+            None,
+            &LIMITS,
+            &mut clock,
+            NOW + 1001,
+        ));
         assert!(fresh);
         assert_eq!(&*l.owner, b"b");
-        assert_eq!(release(Some(&held), &Release { key: b"k", owner: b"a", fence: None }, NOW + 1001), Err(LockError::NotHeld));
+        assert_eq!(
+            release(
+                Some(&held),
+                &Release {
+                    key: b"k",
+                    owner: b"a",
+                    fence: None
+                },
+                NOW + 1001
+            ),
+            Err(LockError::NotHeld)
+        );
     }
 
     #[test]
     fn ttl_limits_apply_even_when_contended() {
         let mut clock = TokenClock::new();
         let held = lease("a", 5, NOW, 1000);
-        let r = acquire(Some(&held), &acq("b", 60_001), ME, None, &LIMITS, &mut clock, NOW);
+        let r = acquire(
+            Some(&held),
+            &acq("b", 60_001),
+            ME,
+            None,
+            &LIMITS,
+            &mut clock,
+            NOW,
+        );
         assert!(matches!(r, Err(LockError::TtlMax { .. })));
-        let clamp = TtlLimits { clamp: true, ..LIMITS };
-        let (_, ttl, _) = granted(acquire(None, &acq("b", 600_000), ME, Some(90_000), &clamp, &mut clock, NOW));
+        let clamp = TtlLimits {
+            clamp: true,
+            ..LIMITS
+        };
+        let (_, ttl, _) = granted(acquire(
+            None,
+            &acq("b", 600_000),
+            ME,
+            Some(90_000),
+            &clamp,
+            &mut clock,
+            NOW,
+        ));
         assert_eq!(ttl, 60_000);
     }
 
     #[test]
     fn release_rules() {
         let held = lease("a", 5, NOW, 1000);
-        let rel = |owner: &'static str, fence| Release { key: b"k", owner: owner.as_bytes(), fence };
+        let rel = |owner: &'static str, fence| Release {
+            key: b"k",
+            owner: owner.as_bytes(),
+            fence,
+        };
         assert_eq!(release(Some(&held), &rel("a", None), NOW), Ok(()));
         assert_eq!(release(Some(&held), &rel("a", Some(5)), NOW), Ok(()));
-        assert_eq!(release(Some(&held), &rel("a", Some(4)), NOW), Err(LockError::StaleFence { given: 4, current: 5 }));
-        assert_eq!(release(Some(&held), &rel("b", None), NOW), Err(LockError::NotOwner));
-        assert_eq!(release(Some(&held), &rel("b", Some(5)), NOW), Err(LockError::NotOwner));
+        assert_eq!(
+            release(Some(&held), &rel("a", Some(4)), NOW),
+            Err(LockError::StaleFence {
+                given: 4,
+                current: 5
+            })
+        );
+        assert_eq!(
+            release(Some(&held), &rel("b", None), NOW),
+            Err(LockError::NotOwner)
+        );
+        assert_eq!(
+            release(Some(&held), &rel("b", Some(5)), NOW),
+            Err(LockError::NotOwner)
+        );
         assert_eq!(release(None, &rel("a", None), NOW), Err(LockError::NotHeld));
     }
 
     #[test]
     fn extend_rules() {
         let held = lease("a", 5, NOW, 1000);
-        let ext = |owner: &'static str, ttl, fence| Extend { key: b"k", owner: owner.as_bytes(), ttl_ms: ttl, fence };
-        let (l, ttl) = extend(Some(&held), &ext("a", 2000, Some(5)), None, &LIMITS, NOW + 500).unwrap();
-        assert_eq!((l.token, l.deadline_ms, l.extensions, ttl), (5, NOW + 2500, 1, 2000));
-        assert_eq!(extend(Some(&held), &ext("b", 2000, None), None, &LIMITS, NOW), Err(LockError::NotOwner));
-        assert_eq!(extend(None, &ext("a", 2000, None), None, &LIMITS, NOW), Err(LockError::NotHeld));
-        assert!(matches!(extend(Some(&held), &ext("a", 70_000, None), None, &LIMITS, NOW), Err(LockError::TtlMax { .. })));
+        let ext = |owner: &'static str, ttl, fence| Extend {
+            key: b"k",
+            owner: owner.as_bytes(),
+            ttl_ms: ttl,
+            fence,
+        };
+        let (l, ttl) = extend(
+            Some(&held),
+            &ext("a", 2000, Some(5)),
+            None,
+            &LIMITS,
+            NOW + 500,
+        )
+        .unwrap();
+        assert_eq!(
+            (l.token, l.deadline_ms, l.extensions, ttl),
+            (5, NOW + 2500, 1, 2000)
+        );
+        assert_eq!(
+            extend(Some(&held), &ext("b", 2000, None), None, &LIMITS, NOW),
+            Err(LockError::NotOwner)
+        );
+        assert_eq!(
+            extend(None, &ext("a", 2000, None), None, &LIMITS, NOW),
+            Err(LockError::NotHeld)
+        );
+        assert!(matches!(
+            extend(Some(&held), &ext("a", 70_000, None), None, &LIMITS, NOW),
+            Err(LockError::TtlMax { .. })
+        ));
         let (_, ttl) = extend(Some(&held), &ext("a", 2000, None), Some(100), &LIMITS, NOW).unwrap();
         assert_eq!(ttl, 100);
     }

@@ -1,0 +1,8 @@
+//! Tests of the Wasm policy host, with hand-written policy modules.
+
+mod allocation;
+mod cli;
+mod guest;
+mod hostile;
+mod registry;
+mod specs;

@@ -1,0 +1,461 @@
+//! The policy host inside Redis: the engine and registry (from
+//! `lockwarden_core::policy`), the evaluation of every lock command, and the
+//! `LOCK.POLICY` subcommands.
+//!
+//! Policies run on the primary only. Loading one is replicated (as a full
+//! `LOCK.POLICY LOAD ... REPLACE`), saved in the RDB aux field, and written to
+//! the AOF again whenever it is rewritten (see [`reemit_after_fork`]), so
+//! replicas, restarts and failovers keep them. Compilation runs on a
+//! background thread when the client can be blocked, so a large module never
+//! stalls the event loop; from the replication stream, the AOF or inside
+//! MULTI it runs inline.
+
+use crate::config::{self, Id};
+use crate::ffi::{self, Call, Ctx, Key, OwnedString, RString, Slot, api, reply};
+use crate::lease_type::ty;
+use crate::state::MainThread;
+use crate::stats;
+use lockwarden_core::policy::{
+    CompiledPolicy, EvalLimits, FailureMode, LoadError, Note, PolicyEngine, PolicySpec, Registry,
+    decode_specs, encode_specs,
+};
+use lockwarden_core::{Lease, LockError, parse};
+use lockwarden_sdk::abi::{Caller, Decision, Holder, Operation, Request};
+use redis_module::raw;
+use std::cell::RefCell;
+use std::ffi::{c_int, c_void};
+use std::sync::OnceLock;
+
+static ENGINE: OnceLock<PolicyEngine> = OnceLock::new();
+static REGISTRY: MainThread<RefCell<Option<Registry>>> = MainThread::new(RefCell::new(None));
+
+fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
+    f(REGISTRY
+        .get()
+        .borrow_mut()
+        .get_or_insert_with(Registry::new))
+}
+
+fn engine() -> &'static PolicyEngine {
+    ENGINE.get().expect("policy engine initialised at load")
+}
+
+pub fn init() -> Result<(), String> {
+    let engine = PolicyEngine::new().map_err(|e| e.to_string())?;
+    let _ = ENGINE.set(engine);
+    Ok(())
+}
+
+fn limits() -> EvalLimits {
+    EvalLimits {
+        fuel: config::get(Id::PolicyFuel) as u64,
+        memory_bytes: config::get(Id::PolicyMemoryKb) as u64 * 1024,
+    }
+}
+
+fn max_module_bytes() -> usize {
+    config::get(Id::PolicyMaxModuleKb) as usize * 1024
+}
+
+fn failure_mode() -> FailureMode {
+    if config::get(Id::PolicyFailure) == 0 {
+        FailureMode::Deny
+    } else {
+        FailureMode::Allow
+    }
+}
+
+/// A lock command as policies see it.
+pub struct Ask<'a> {
+    pub op: Operation,
+    pub key: &'a [u8],
+    pub owner: &'a [u8],
+    pub ttl_ms: u64,
+    pub holder: Option<&'a Lease>,
+    pub waiters: usize,
+    pub now_ms: i64,
+}
+
+/// The ACL user of a connection ("" if it is gone).
+fn user_of(ctx: *mut Ctx, client_id: u64) -> Option<OwnedString> {
+    OwnedString::adopt(api!(RedisModule_GetClientUserNameById, ctx, client_id))
+}
+
+fn request<'a>(ask: &Ask<'a>, client_id: u64, user: &'a [u8]) -> Request<'a> {
+    Request {
+        op: ask.op,
+        key: ask.key,
+        owner: ask.owner,
+        ttl_ms: ask.ttl_ms,
+        now_ms: ask.now_ms.max(0) as u64,
+        holder: ask.holder.map(|l| Holder {
+            owner: &l.owner,
+            token: l.token,
+            held_ms: l.held_ms(ask.now_ms),
+            extensions: l.extensions,
+        }),
+        caller: Caller { client_id, user },
+        waiters: ask.waiters.min(u32::MAX as usize) as u32,
+    }
+}
+
+/// Asks every matching policy about a lock command: `Ok(ceiling)` (the
+/// smallest clamp, if any) or the `DENIED`/`POLICY` error. Costs one check
+/// when no policy is loaded.
+pub fn check(call: &Call, ask: &Ask<'_>) -> Result<Option<u64>, LockError> {
+    if with(|r| r.is_empty()) {
+        return Ok(None);
+    }
+    let client_id = call.client_id();
+    let user = user_of(call.ctx, client_id);
+    // SAFETY: the user string lives until the end of this function.
+    let user_bytes = user
+        .as_ref()
+        .map_or(&[][..], |u| unsafe { ffi::bytes(u.raw()) });
+    let req = request(ask, client_id, user_bytes);
+    let evaluation = with(|r| r.evaluate(&req, limits(), failure_mode()));
+    for note in &evaluation.notes {
+        if matches!(note, Note::AuditDeny { .. }) {
+            stats::POLICY_AUDIT_DENIALS.incr();
+        }
+        tracing::warn!("{note}");
+    }
+    if let Err(e) = &evaluation.verdict {
+        tracing::warn!("{e} (key {})", lockwarden_sdk::text::show(ask.key, 64));
+    }
+    evaluation.verdict
+}
+
+/// `LOCK.POLICY LOAD name [KEYS glob] [MODE enforce|audit] [CONFIG settings] [REPLACE] WASM bytes`
+pub fn load(call: &Call) -> Result<(), LockError> {
+    let args = call.args();
+    let req = parse::policy_load(&args[1..])?;
+    let spec = PolicySpec {
+        name: String::from_utf8_lossy(req.name).into_owned(),
+        keys: req.keys.to_vec(),
+        mode: req.mode,
+        settings: req.settings.to_vec(),
+        wasm: req.wasm.to_vec(),
+    };
+    let replace = req.replace;
+    // Re-sent unchanged (replication after an AOF rewrite, a retried call):
+    // nothing to do.
+    if replace && with(|r| r.specs().any(|s| *s == spec)) {
+        api!(RedisModule_ReplicateVerbatim, call.ctx);
+        reply::ok(call.ctx);
+        return Ok(());
+    }
+    let inline =
+        call.flags() & (ffi::CTX_REPLICATED | ffi::CTX_LOADING | ffi::CTX_NO_BLOCKING) != 0;
+    if inline {
+        let compiled = engine()
+            .compile(spec, max_module_bytes(), limits())
+            .map_err(load_error);
+        return finish_load(call.ctx, compiled, replace);
+    }
+    let bc = api!(
+        RedisModule_BlockClient,
+        call.ctx,
+        Some(load_done),
+        None,
+        Some(free_load),
+        0
+    );
+    let job = LoadJob {
+        bc: bc as usize,
+        replace,
+    };
+    let (limits, max) = (limits(), max_module_bytes());
+    let spawned = std::thread::Builder::new()
+        .name("lockwarden-compile".into())
+        .spawn(move || {
+            let compiled = engine().compile(spec, max, limits).map_err(load_error);
+            job.finish(compiled);
+        });
+    if let Err(e) = spawned {
+        LoadJob {
+            bc: bc as usize,
+            replace,
+        }
+        .finish(Err(LockError::BadPolicy(format!(
+            "could not start the compiler thread: {e}"
+        ))));
+    }
+    Ok(())
+}
+
+/// A load compiling on a background thread; the blocked client is a pointer
+/// Redis lets any thread unblock.
+struct LoadJob {
+    bc: usize,
+    replace: bool,
+}
+
+struct LoadResult {
+    compiled: Option<Result<CompiledPolicy, LockError>>,
+    replace: bool,
+}
+
+impl LoadJob {
+    /// Hands the compiled policy to the main thread (`load_done`).
+    fn finish(self, compiled: Result<CompiledPolicy, LockError>) {
+        let result = Box::new(LoadResult {
+            compiled: Some(compiled),
+            replace: self.replace,
+        });
+        api!(
+            RedisModule_UnblockClient,
+            self.bc as *mut raw::RedisModuleBlockedClient,
+            Box::into_raw(result).cast()
+        );
+    }
+}
+
+/// Installs a compiled policy, replicates the load, replies.
+fn finish_load(
+    ctx: *mut Ctx,
+    compiled: Result<CompiledPolicy, LockError>,
+    replace: bool,
+) -> Result<(), LockError> {
+    let policy = compiled?;
+    let spec = policy.spec().clone();
+    with(|r| r.install(policy, replace)).map_err(load_error)?;
+    replicate_spec(ctx, &spec);
+    tracing::info!(
+        "policy {} loaded ({} bytes, keys {}, {})",
+        spec.name,
+        spec.wasm.len(),
+        lockwarden_sdk::text::show(&spec.keys, 64),
+        spec.mode
+    );
+    reply::ok(ctx);
+    Ok(())
+}
+
+fn load_error(e: LoadError) -> LockError {
+    LockError::BadPolicy(e.message().to_string())
+}
+
+/// Replicates a policy as a self-contained, idempotent `LOAD ... REPLACE`.
+fn replicate_spec(ctx: *mut Ctx, s: &PolicySpec) {
+    let mode = std::ffi::CString::new(s.mode.as_str()).expect("no NUL");
+    api!(
+        RedisModule_Replicate,
+        ctx,
+        c"LOCK.POLICY".as_ptr(),
+        c"cbcbcccbccb".as_ptr(),
+        c"LOAD".as_ptr(),
+        s.name.as_ptr(),
+        s.name.len(),
+        c"KEYS".as_ptr(),
+        s.keys.as_ptr(),
+        s.keys.len(),
+        c"MODE".as_ptr(),
+        mode.as_ptr(),
+        c"CONFIG".as_ptr(),
+        s.settings.as_ptr(),
+        s.settings.len(),
+        c"REPLACE".as_ptr(),
+        c"WASM".as_ptr(),
+        s.wasm.as_ptr(),
+        s.wasm.len()
+    );
+}
+
+unsafe extern "C" fn load_done(ctx: *mut Ctx, _argv: *mut *mut RString, _argc: c_int) -> c_int {
+    ffi::guard("policy load reply", (), || {
+        let result = api!(RedisModule_GetBlockedClientPrivateData, ctx).cast::<LoadResult>();
+        // SAFETY: the compiler thread unblocks with a `Box<LoadResult>`,
+        // freed by `free_load` after this callback.
+        let taken =
+            unsafe { result.as_mut() }.and_then(|r| r.compiled.take().map(|c| (c, r.replace)));
+        match taken {
+            Some((compiled, replace)) => {
+                if let Err(e) = finish_load(ctx, compiled, replace) {
+                    reply::error(ctx, &e.to_string());
+                }
+            }
+            None => reply::error(ctx, "ERR policy load lost its result"),
+        }
+    });
+    raw::REDISMODULE_OK as c_int
+}
+
+unsafe extern "C" fn free_load(_ctx: *mut Ctx, data: *mut c_void) {
+    if !data.is_null() {
+        // SAFETY: the blocked client's private data is a `Box<LoadResult>`.
+        drop(unsafe { Box::from_raw(data.cast::<LoadResult>()) });
+    }
+}
+
+/// `LOCK.POLICY UNLOAD name`
+pub fn unload(call: &Call) -> Result<(), LockError> {
+    let args = call.args();
+    let [_, name] = args.as_slice() else {
+        return Err(LockError::syntax(
+            "wrong number of arguments for 'lock.policy|unload' command",
+        ));
+    };
+    let name = String::from_utf8_lossy(name);
+    let removed = with(|r| r.unload(&name));
+    if removed {
+        api!(RedisModule_ReplicateVerbatim, call.ctx);
+        tracing::info!("policy {name} unloaded");
+    }
+    reply::int(call.ctx, removed as i64);
+    Ok(())
+}
+
+/// `LOCK.POLICY LIST`
+pub fn list(call: &Call) -> Result<(), LockError> {
+    if call.argv.len() != 2 {
+        return Err(LockError::syntax(
+            "wrong number of arguments for 'lock.policy|list' command",
+        ));
+    }
+    let infos = with(|r| r.list());
+    let ctx = call.ctx;
+    reply::array(ctx, infos.len());
+    for p in infos {
+        reply::map(ctx, 10);
+        reply::bulk(ctx, b"name");
+        reply::bulk(ctx, p.name.as_bytes());
+        reply::bulk(ctx, b"keys");
+        reply::bulk(ctx, &p.keys);
+        reply::bulk(ctx, b"mode");
+        reply::bulk(ctx, p.mode.as_str().as_bytes());
+        reply::bulk(ctx, b"size");
+        reply::int(ctx, p.size as i64);
+        reply::bulk(ctx, b"sha256");
+        reply::bulk(ctx, p.sha256.as_bytes());
+        for (name, v) in [
+            (&b"evaluations"[..], p.evaluations),
+            (b"denials", p.denials),
+            (b"failures", p.failures),
+            (b"mean-ns", p.mean_eval_ns),
+        ] {
+            reply::bulk(ctx, name);
+            reply::int(ctx, v as i64);
+        }
+        reply::bulk(ctx, b"broken");
+        match &p.broken {
+            Some(why) => reply::bulk(ctx, why.as_bytes()),
+            None => reply::null(ctx),
+        }
+    }
+    Ok(())
+}
+
+/// `LOCK.POLICY EVAL name ACQUIRE|EXTEND|RELEASE key owner ttl-ms`: a dry run
+/// against the key's current state.
+pub fn eval(call: &Call) -> Result<(), LockError> {
+    let args = call.args();
+    let req = parse::policy_eval(&args[1..])?;
+    let now = ffi::command_now_ms();
+    let key_name = OwnedString::new(req.key);
+    let holder: Option<Lease> =
+        Key::read(call.ctx, key_name.raw()).and_then(|mut k| match k.slot::<Lease>(ty()) {
+            Slot::Ours(l) if l.is_live(now) => Some(l.clone()),
+            _ => None,
+        });
+    let ask = Ask {
+        op: req.op,
+        key: req.key,
+        owner: req.owner,
+        ttl_ms: req.ttl_ms,
+        holder: holder.as_ref(),
+        waiters: 0,
+        now_ms: now,
+    };
+    let client_id = call.client_id();
+    let user = user_of(call.ctx, client_id);
+    // SAFETY: the user string lives until the end of this function.
+    let user_bytes = user
+        .as_ref()
+        .map_or(&[][..], |u| unsafe { ffi::bytes(u.raw()) });
+    let name = String::from_utf8_lossy(req.name);
+    let decision = with(|r| r.dry_run(&name, &request(&ask, client_id, user_bytes), limits()))?;
+    let text = match decision {
+        Decision::Allow => "allow".to_string(),
+        Decision::Deny(reason) => format!("deny {reason}"),
+        Decision::Clamp(ms) => format!("clamp {ms}"),
+    };
+    reply::bulk(call.ctx, text.as_bytes());
+    Ok(())
+}
+
+/// The policies as bytes, for the RDB aux field.
+pub fn encoded() -> Vec<u8> {
+    with(|r| encode_specs(r.specs()))
+}
+
+/// Installs the policies saved in an RDB (replacing same-named ones).
+/// A policy that cannot be compiled any more is logged and skipped: the
+/// server still starts, loudly.
+pub fn restore(bytes: &[u8]) -> Result<(), String> {
+    for spec in decode_specs(bytes)? {
+        let name = spec.name.clone();
+        if with(|r| r.specs().any(|s| *s == spec)) {
+            continue;
+        }
+        match engine().compile(spec, usize::MAX, limits()) {
+            Ok(p) => {
+                with(|r| r.install(p, true)).map_err(|e| e.to_string())?;
+                tracing::info!("policy {name} restored");
+            }
+            Err(e) => {
+                stats::POLICIES_NOT_RESTORED.incr();
+                tracing::warn!("policy {name} could not be restored and is NOT enforced: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads the policy named by module arguments at start-up.
+pub fn load_at_startup(spec: PolicySpec) -> Result<(), String> {
+    let name = spec.name.clone();
+    let policy = engine()
+        .compile(spec, max_module_bytes(), limits())
+        .map_err(|e| format!("policy {name}: {e}"))?;
+    with(|r| r.install(policy, true)).map_err(|e| e.to_string())?;
+    tracing::info!("policy {name} loaded from the module arguments");
+    Ok(())
+}
+
+/// After a fork for an AOF rewrite, the new AOF is the child's snapshot of
+/// the keyspace plus what is propagated from now on; the policies are not
+/// part of the keyspace, so they are propagated again (as idempotent
+/// `LOAD ... REPLACE`) to land in the new AOF. With an RDB preamble they are
+/// also in its aux field; without one this is what keeps them.
+pub fn reemit_after_fork(ctx: *mut Ctx) {
+    if with(|r| r.is_empty()) || !aof_rewrite_in_progress(ctx) {
+        return;
+    }
+    let specs: Vec<PolicySpec> = with(|r| r.specs().cloned().collect());
+    for spec in &specs {
+        replicate_spec(ctx, spec);
+    }
+}
+
+fn aof_rewrite_in_progress(ctx: *mut Ctx) -> bool {
+    let reply = api!(
+        RedisModule_Call,
+        ctx,
+        c"INFO".as_ptr(),
+        c"c".as_ptr(),
+        c"persistence".as_ptr()
+    );
+    if reply.is_null() {
+        return false;
+    }
+    let mut len = 0usize;
+    let p = api!(RedisModule_CallReplyStringPtr, reply, &mut len);
+    let found = !p.is_null() && {
+        // SAFETY: the reply owns `len` bytes at `p` until it is freed below.
+        let text = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
+        text.windows(25).any(|w| w == b"aof_rewrite_in_progress:1")
+    };
+    api!(RedisModule_FreeCallReply, reply);
+    found
+}
