@@ -15,6 +15,8 @@ DEFAULT_POLICY_SETTINGS ?= {"default_ms":30000,"prefixes":[{"prefix":"batch:","m
 
 .PHONY: deps build module policies run test test-unit test-integration test-faults bench lint fmt clean
 
+TEST_ENV := LOCKWARDEN_MODULE=$(CURDIR)/$(MODULE) LOCKWARDEN_POLICIES=$(CURDIR)/$(POLICY_DIR)
+
 deps:
 	@./scripts/install-deps.sh
 
@@ -43,24 +45,29 @@ run: build
 
 # Everything CI runs: lint, unit and property tests, integration tests against
 # real redis-server 7.0 and valkey-server 8.0, and the fault suite.
-test: build lint test-unit test-integration
+test: build lint test-unit test-integration test-faults
 
 # Unit, property and doc tests of every crate except the integration suite.
 test-unit:
 	$(CARGO) test --release --workspace --exclude lockwarden-tests
 
 test-integration: build
-	LOCKWARDEN_MODULE=$(CURDIR)/$(MODULE) LOCKWARDEN_POLICIES=$(CURDIR)/$(POLICY_DIR) \
-	  $(CARGO) test --release -p lockwarden-tests --tests -- --test-threads=2
+	$(TEST_ENV) $(CARGO) test --release -p lockwarden-tests --tests -- --test-threads=2
+
+# The fault suite; regenerates tests/FAULTS.md. LOCKWARDEN_FAULTS_LONG=1 runs
+# the long variants.
+test-faults: build
+	rm -rf target/faults
+	$(TEST_ENV) $(CARGO) test --release -p lockwarden-tests --features faults --test faults -- --test-threads=2
+	$(CARGO) run --release -q -p lockwarden-tests --bin faults-report
 
 bench: build
 	$(CARGO) bench -p lockwarden-benches
-	LOCKWARDEN_MODULE=$(CURDIR)/$(MODULE) LOCKWARDEN_POLICIES=$(CURDIR)/$(POLICY_DIR) \
-	  $(CARGO) run --release -p lockwarden-benches --bin loadcompare
+	$(TEST_ENV) $(CARGO) run --release -p lockwarden-benches --bin loadcompare
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --release --workspace --all-targets --all-features -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

@@ -9,6 +9,7 @@
 // `cargo test` uses the system allocator: Redis's exists only inside Redis.
 #[cfg(not(test))]
 mod alloc;
+mod cluster;
 mod commands;
 mod config;
 mod events;

@@ -120,7 +120,9 @@ pub fn check(call: &Call, ask: &Ask<'_>) -> Result<Option<u64>, LockError> {
         }
         tracing::warn!("{note}");
     }
-    if let Err(e) = &evaluation.verdict {
+    // Failures are operational problems; denials are expected outcomes,
+    // counted in INFO and published as keyspace events instead.
+    if let Err(e @ LockError::Policy { .. }) = &evaluation.verdict {
         tracing::warn!("{e} (key {})", lockwarden_sdk::text::show(ask.key, 64));
     }
     evaluation.verdict

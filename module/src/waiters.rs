@@ -13,7 +13,7 @@ use crate::commands::{self, GrantKind};
 use crate::ffi::{self, Ctx, Key, OwnedString, RString, Slot, api, reply};
 use crate::lease_type::ty;
 use crate::state::MainThread;
-use crate::{config, state, stats};
+use crate::{cluster, config, state, stats};
 use lockwarden_core::rules::{self, Acquired, Caller};
 use lockwarden_core::{Lease, LockError, parse};
 use redis_module::raw;
@@ -235,7 +235,7 @@ pub fn serve(ctx: *mut Ctx, lk: &LockKey, name: *mut RString) {
         let mut key = Key::write(ctx, name);
         let current: Option<Lease> = match key.slot::<Lease>(ty()) {
             Slot::Other => {
-                fail_all(lk, &LockError::WrongType);
+                fail_all(lk, &LockError::WrongType.to_string());
                 return;
             }
             Slot::Ours(l) if l.is_live(now) => {
@@ -247,6 +247,18 @@ pub fn serve(ctx: *mut Ctx, lk: &LockKey, name: *mut RString) {
             Slot::Ours(l) => Some(l.clone()),
             Slot::Empty => None,
         };
+        if len(lk) == 0 {
+            return;
+        }
+        if !cluster::can_grant_here(ctx, &lk.name) {
+            // The slot moved or is moving: the lock may live on another node
+            // now. Send the waiters back to be routed again.
+            fail_all(
+                lk,
+                "TRYAGAIN the lock's slot is moving between cluster nodes; retry the command",
+            );
+            return;
+        }
         let Some(w) = pop(lk) else {
             return;
         };
@@ -297,10 +309,10 @@ fn remove_queue(lk: &LockKey) {
     }
 }
 
-/// Fails every waiter of `lk` (the key now holds something that is not a lock).
-fn fail_all(lk: &LockKey, e: &LockError) {
+/// Fails every waiter of `lk` with the error reply `msg`.
+fn fail_all(lk: &LockKey, msg: &str) {
     while let Some(w) = pop(lk) {
-        wake(w.bc, Wake::Failed(e.to_string()));
+        wake(w.bc, Wake::Failed(msg.to_string()));
     }
     remove_queue(lk);
 }

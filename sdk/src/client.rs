@@ -262,7 +262,11 @@ impl Loss {
 
     /// Why it was lost, if it was.
     pub fn reason(&self) -> Option<LossReason> {
-        self.0.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0
+            .reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Waits up to `timeout` for a loss; returns its reason if it happened.
@@ -318,7 +322,11 @@ impl Watchdog {
                         loss.signal(LossReason::Expired);
                         return;
                     }
-                    let c = match conn.take().map(Ok).unwrap_or_else(|| client.get_connection()) {
+                    let c = match conn
+                        .take()
+                        .map(Ok)
+                        .unwrap_or_else(|| client.get_connection())
+                    {
                         Ok(c) => conn.insert(c),
                         Err(_) => continue,
                     };

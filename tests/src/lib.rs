@@ -15,6 +15,8 @@
 //! * [`SentinelSet`]: a primary, two replicas and three sentinels.
 //! * [`LwClient`] / [`spawn_client`]: the `lw-client` binary, a separate OS
 //!   process holding one connection.
+//! * [`FencedStore`], [`Verdict`], [`Row`]: the fault suite's oracle (a fenced
+//!   storage) and its report lines (`tests/FAULTS.md`).
 //!
 //! A module test is one line of setup:
 //!
@@ -39,6 +41,7 @@
 
 mod client;
 mod cluster;
+mod oracle;
 mod replication;
 mod sentinel;
 mod server;
@@ -47,6 +50,7 @@ mod util;
 
 pub use client::{ClientProcess, LwClient, spawn_client, spawn_client_at};
 pub use cluster::Cluster;
+pub use oracle::{FAULT_TIMEOUT, FencedStore, REPORT_HEADER, Row, Verdict, Write as FencedWrite};
 pub use replication::{ReplicaPair, wait_for_offset, wait_for_sync};
 pub use sentinel::SentinelSet;
 pub use server::{Server, ServerBuilder, Shutdown};
