@@ -46,6 +46,7 @@ pub struct ServerBuilder {
     cluster: bool,
     sentinel_conf: Option<String>,
     startup_timeout: Duration,
+    env: Vec<(OsString, OsString)>,
 }
 
 impl ServerBuilder {
@@ -60,7 +61,15 @@ impl ServerBuilder {
             cluster: false,
             sentinel_conf: None,
             startup_timeout: TIMEOUT,
+            env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for the server process (kept across
+    /// restarts), e.g. `LD_PRELOAD` for the fault suite's clock shim.
+    pub fn env(mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env.push((name.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
     }
 
     /// The flavor this builder starts.
@@ -205,6 +214,7 @@ impl ServerBuilder {
                 tempdir: tempdir.take(),
                 program,
                 argv,
+                env: self.env.clone(),
                 startup_timeout: self.startup_timeout,
                 child: Mutex::new(None),
                 conn: Mutex::new(None),
@@ -305,6 +315,7 @@ pub struct Server {
     tempdir: Option<TempDir>,
     program: String,
     argv: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
     startup_timeout: Duration,
     child: Mutex<Option<Child>>,
     conn: Mutex<Option<Connection>>,
@@ -597,6 +608,7 @@ impl Server {
         let err = out.try_clone().expect("clone stdout.log handle");
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.argv)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(out)
