@@ -71,14 +71,15 @@ pub enum GrantKind {
 pub fn install(
     ctx: *mut ffi::Ctx,
     key: &mut Key,
-    lk: &LockKey,
+    db: i32,
     name: *mut RString,
     lease: Lease,
     kind: GrantKind,
     now_ms: i64,
 ) {
     replicate::grant(ctx, name, &lease);
-    sessions::track(&lease, lk.db, &lk.name);
+    // SAFETY: the key name lives for the whole call.
+    sessions::track(&lease, db, unsafe { ffi::bytes(name) });
     put(key, lease, now_ms);
     ffi::notify(
         ctx,
@@ -122,15 +123,28 @@ fn lock_key(call: &Call) -> LockKey {
     }
 }
 
+/// The command key's queue, if clients wait for it (no allocation when
+/// nobody waits anywhere, the common case).
+fn queue_of(call: &Call) -> Option<LockKey> {
+    if waiters::total() == 0 {
+        return None;
+    }
+    Some(lock_key(call)).filter(|lk| waiters::len(lk) > 0)
+}
+
+fn waiting(queue: &Option<LockKey>) -> usize {
+    queue.as_ref().map_or(0, waiters::len)
+}
+
 /// `LOCK.ACQUIRE key owner ttl-ms [WAIT timeout-ms] [SESSION]`
 pub fn acquire(call: &Call) -> Outcome {
     let args = call.args();
     let req = parse::acquire(&args)?;
-    let lk = lock_key(call);
+    let queue = queue_of(call);
     // Earlier waiters come first: if the lock is free but clients queue for
     // it, hand it to them before considering this request.
-    if waiters::len(&lk) > 0 {
-        waiters::serve(call.ctx, &lk, call.key());
+    if let Some(lk) = &queue {
+        waiters::serve(call.ctx, lk, call.key());
     }
     let now = ffi::command_now_ms();
     let mut key = Key::write(call.ctx, call.key());
@@ -148,7 +162,7 @@ pub fn acquire(call: &Call) -> Outcome {
             owner: req.owner,
             ttl_ms: req.ttl_ms,
             holder: held,
-            waiters: waiters::len(&lk),
+            waiters: waiting(&queue),
             now_ms: now,
         },
     )?;
@@ -169,7 +183,7 @@ pub fn acquire(call: &Call) -> Outcome {
             install(
                 call.ctx,
                 &mut key,
-                &lk,
+                call.db(),
                 call.key(),
                 lease,
                 GrantKind::Acquired,
@@ -185,7 +199,7 @@ pub fn acquire(call: &Call) -> Outcome {
                 Some(timeout) if call.flags() & ffi::CTX_NO_BLOCKING == 0 => {
                     drop(key);
                     let deadline = holder_deadline.unwrap_or(now);
-                    waiters::block(call.ctx, lk, &req, cap, timeout, deadline);
+                    waiters::block(call.ctx, lock_key(call), &req, cap, timeout, deadline);
                 }
                 _ => reply::null(call.ctx),
             }
@@ -200,7 +214,7 @@ pub fn release(call: &Call) -> Outcome {
     let req = parse::release(&args)?;
     let now = ffi::command_now_ms();
     let mut key = Key::write(call.ctx, call.key());
-    let lk = lock_key(call);
+    let queue = queue_of(call);
     let held = current(&mut key)?;
     policies::check(
         call,
@@ -210,7 +224,7 @@ pub fn release(call: &Call) -> Outcome {
             owner: req.owner,
             ttl_ms: 0,
             holder: held,
-            waiters: waiters::len(&lk),
+            waiters: waiting(&queue),
             now_ms: now,
         },
     )?;
@@ -220,8 +234,8 @@ pub fn release(call: &Call) -> Outcome {
     replicate::delete(call.ctx, call.key());
     stats::RELEASES.incr();
     notify_released(call.ctx, call.key());
-    if waiters::len(&lk) > 0 {
-        waiters::serve(call.ctx, &lk, call.key());
+    if let Some(lk) = &queue {
+        waiters::serve(call.ctx, lk, call.key());
     }
     reply::int(call.ctx, 1);
     Ok(())
@@ -234,7 +248,7 @@ pub fn extend(call: &Call) -> Outcome {
     let now = ffi::command_now_ms();
     let mut key = Key::write(call.ctx, call.key());
     let limits = config::ttl_limits();
-    let lk = lock_key(call);
+    let queue = queue_of(call);
     let held = current(&mut key)?;
     let cap = policies::check(
         call,
@@ -244,7 +258,7 @@ pub fn extend(call: &Call) -> Outcome {
             owner: req.owner,
             ttl_ms: req.ttl_ms,
             holder: held,
-            waiters: waiters::len(&lk),
+            waiters: waiting(&queue),
             now_ms: now,
         },
     )?;
@@ -252,7 +266,7 @@ pub fn extend(call: &Call) -> Outcome {
     install(
         call.ctx,
         &mut key,
-        &lk,
+        call.db(),
         call.key(),
         lease,
         GrantKind::Extended,
@@ -298,7 +312,7 @@ pub fn info(call: &Call) -> Outcome {
         (c"client-id", lease.client_id as i64),
         (c"client-connected", holder_connected(lease) as i64),
         (c"session", lease.session as i64),
-        (c"waiters", waiters::len(&lock_key(call)) as i64),
+        (c"waiters", waiting(&queue_of(call)) as i64),
     ];
     let ctx = call.ctx;
     reply::map(ctx, 1 + fields.len());
@@ -311,7 +325,7 @@ pub fn info(call: &Call) -> Outcome {
     Ok(())
 }
 
-/// `LOCK._GRANT key owner token deadline-ms acquired-at-ms extensions [SESSION]`:
+/// `LOCK._GRANT key owner token:deadline-ms:acquired-at-ms:extensions:session`:
 /// applies a grant decided by the primary. Accepted only from the replication
 /// link and while loading the AOF, so no client can forge a token.
 pub fn grant(call: &Call) -> Outcome {
@@ -321,17 +335,8 @@ pub fn grant(call: &Call) -> Outcome {
         ));
     }
     let args = call.args();
-    let g = parse::grant(&args)?;
-    state::observe_token(g.token);
-    let lease = Lease {
-        owner: g.owner.into(),
-        token: g.token,
-        deadline_ms: g.deadline_ms,
-        acquired_at_ms: g.acquired_at_ms,
-        extensions: g.extensions,
-        session: g.session,
-        client_id: 0,
-    };
+    let lease = parse::grant(&args)?.lease;
+    state::observe_token(lease.token);
     let mut key = Key::write(call.ctx, call.key());
     let now = ffi::command_now_ms();
     state::own_write(|| put(&mut key, lease, now));

@@ -1,53 +1,35 @@
 //! The one place that emits replication and AOF records. Effects, not
-//! commands: a grant or extension travels as `LOCK._GRANT` with the owner,
-//! token and absolute deadline; a release as `DEL`. Replicas and the AOF
+//! commands: a grant or extension travels as `LOCK._GRANT key owner
+//! token:deadline-ms:acquired-at-ms:extensions:session` (absolute times, the
+//! token); a release as `DEL`. Replicas and the AOF
 //! replay these facts without consulting a clock or a policy.
 
 use crate::ffi::{Ctx, RString, api};
 use lockwarden_core::Lease;
+use lockwarden_core::lease::GrantFields;
 use redis_module::raw::RedisModuleIO;
 
 pub const GRANT_CMD: &std::ffi::CStr = c"LOCK._GRANT";
 
 /// Calls a variadic emitter (`RedisModule_Replicate` or `RedisModule_EmitAOF`)
-/// with the `LOCK._GRANT` arguments of `lease` on `key`.
+/// with `LOCK._GRANT key owner token:deadline:acquired-at:extensions:session`.
 macro_rules! emit_grant {
     ($emit:ident, $target:expr, $key:expr, $lease:expr) => {{
         let l: &Lease = $lease;
-        let owner = l.owner.as_ptr().cast::<std::ffi::c_char>();
-        // The format strings match the argument lists exactly.
-        {
-            if l.session {
-                api!(
-                    $emit,
-                    $target,
-                    GRANT_CMD.as_ptr(),
-                    c"sbllllc".as_ptr(),
-                    $key,
-                    owner,
-                    l.owner.len(),
-                    l.token as i64,
-                    l.deadline_ms,
-                    l.acquired_at_ms,
-                    l.extensions as i64,
-                    c"SESSION".as_ptr(),
-                )
-            } else {
-                api!(
-                    $emit,
-                    $target,
-                    GRANT_CMD.as_ptr(),
-                    c"sbllll".as_ptr(),
-                    $key,
-                    owner,
-                    l.owner.len(),
-                    l.token as i64,
-                    l.deadline_ms,
-                    l.acquired_at_ms,
-                    l.extensions as i64,
-                )
-            }
-        }
+        let fields = GrantFields::of(l);
+        let f = fields.as_bytes();
+        // The format string matches the argument list exactly.
+        api!(
+            $emit,
+            $target,
+            GRANT_CMD.as_ptr(),
+            c"sbb".as_ptr(),
+            $key,
+            l.owner.as_ptr().cast::<std::ffi::c_char>(),
+            l.owner.len(),
+            f.as_ptr().cast::<std::ffi::c_char>(),
+            f.len()
+        )
     }};
 }
 

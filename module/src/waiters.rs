@@ -278,7 +278,7 @@ pub fn serve(ctx: *mut Ctx, lk: &LockKey, name: *mut RString) {
         }) {
             Ok(Acquired::Granted { lease, ttl_ms, .. }) => {
                 let token = lease.token;
-                commands::install(ctx, &mut key, lk, name, lease, GrantKind::Acquired, now);
+                commands::install(ctx, &mut key, lk.db, name, lease, GrantKind::Acquired, now);
                 stats::HANDOFFS.incr();
                 stats::record_wait_us((now_us() - w.since_us).max(0) as u64);
                 wake(w.bc, Wake::Granted { token, ttl_ms });

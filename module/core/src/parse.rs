@@ -2,9 +2,8 @@
 //! `ERR` reply and changes nothing. Arguments are passed without the command
 //! name; options are case-insensitive and may appear in any order, once.
 
-use crate::clock::MAX_TOKEN;
 use crate::error::LockError;
-use crate::lease::MAX_OWNER_LEN;
+use crate::lease::{Lease, MAX_OWNER_LEN};
 
 /// `LOCK.ACQUIRE key owner ttl-ms [WAIT timeout-ms] [SESSION]`
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,24 +44,14 @@ pub struct Extend<'a> {
     pub fence: Option<u64>,
 }
 
-/// `LOCK._GRANT key owner token deadline-ms acquired-at-ms extensions [SESSION]`:
-/// the replicated effect of a grant or extension.
+/// `LOCK._GRANT key owner fields`: the replicated effect of a grant or
+/// extension (see [`crate::lease::GrantFields`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant<'a> {
     /// The lock's key.
     pub key: &'a [u8],
-    /// The holder.
-    pub owner: &'a [u8],
-    /// The grant's token.
-    pub token: u64,
-    /// Absolute deadline, unix ms.
-    pub deadline_ms: i64,
-    /// Acquisition time, unix ms.
-    pub acquired_at_ms: i64,
-    /// Extension count.
-    pub extensions: u32,
-    /// Session-bound.
-    pub session: bool,
+    /// The lease to store (client id 0).
+    pub lease: Lease,
 }
 
 /// `LOCK.LIST [CURSOR cursor] [MATCH glob] [HELDMORE ms] [COUNT n]`: one
@@ -398,36 +387,12 @@ pub fn policy_eval<'a>(args: &[&'a [u8]]) -> Result<PolicyEval<'a>, LockError> {
 
 /// Parses `LOCK._GRANT` arguments.
 pub fn grant<'a>(args: &[&'a [u8]]) -> Result<Grant<'a>, LockError> {
-    let [key, who, tok, deadline, acquired, extensions, rest @ ..] = args else {
+    let [key, who, fields] = args else {
         return Err(arity("lock._grant"));
     };
-    let tok = token(tok)?;
-    if tok > MAX_TOKEN {
-        return Err(LockError::syntax("token out of range"));
-    }
-    let time = |arg: &[u8], what: &str| {
-        parse_i64(arg).ok_or_else(|| LockError::syntax(format!("{what} must be an integer")))
-    };
-    let mut g = Grant {
-        key,
-        owner: owner(who)?,
-        token: tok,
-        deadline_ms: time(deadline, "deadline-ms")?,
-        acquired_at_ms: time(acquired, "acquired-at-ms")?,
-        extensions: parse_u64(extensions)
-            .and_then(|v| u32::try_from(v).ok())
-            .ok_or_else(|| LockError::syntax("extensions must be a 32-bit unsigned integer"))?,
-        session: false,
-    };
-    if g.deadline_ms < g.acquired_at_ms {
-        return Err(LockError::syntax("deadline-ms is before acquired-at-ms"));
-    }
-    let mut opts = Options::new(rest);
-    while let Some(opt) = opts.next(&[("SESSION", false)]) {
-        opt?;
-        g.session = true;
-    }
-    Ok(g)
+    let lease = crate::lease::parse_grant_fields(owner(who)?, fields)
+        .map_err(|e| LockError::syntax(format!("invalid lease fields: {e}")))?;
+    Ok(Grant { key, lease })
 }
 
 #[cfg(test)]
@@ -496,22 +461,15 @@ mod tests {
 
     #[test]
     fn grant_forms() {
-        let g = grant(&a(&["k", "me", "5", "200", "100", "2", "SESSION"])).unwrap();
-        assert_eq!(
-            (
-                g.token,
-                g.deadline_ms,
-                g.acquired_at_ms,
-                g.extensions,
-                g.session
-            ),
-            (5, 200, 100, 2, true)
-        );
-        assert!(grant(&a(&["k", "me", "5", "100", "200", "0"])).is_err());
-        assert!(grant(&a(&["k", "me", "0", "200", "100", "0"])).is_err());
-        assert!(grant(&a(&["k", "me", "5", "200", "100"])).is_err());
-        let big = (MAX_TOKEN + 1).to_string();
-        assert!(grant(&a(&["k", "me", &big, "200", "100", "0"])).is_err());
+        let g = grant(&a(&["k", "me", "5:200:100:2:1"])).unwrap();
+        let l = &g.lease;
+        assert_eq!((l.token, l.deadline_ms, l.acquired_at_ms, l.extensions, l.session, l.client_id), (5, 200, 100, 2, true, 0));
+        assert!(grant(&a(&["k", "me", "5:100:200:0:0"])).is_err());
+        assert!(grant(&a(&["k", "me", "0:200:100:0:0"])).is_err());
+        assert!(grant(&a(&["k", "me"])).is_err());
+        assert!(grant(&a(&["k", "", "5:200:100:0:0"])).is_err());
+        let big = format!("{}:200:100:0:0", crate::clock::MAX_TOKEN + 1);
+        assert!(grant(&a(&["k", "me", &big])).is_err());
     }
 
     #[test]
