@@ -299,7 +299,9 @@ pub fn info(call: &Call) -> Outcome {
         reply::null(call.ctx);
         return Ok(());
     };
-    let Some(lease) = current(&mut key)? else {
+    // The lease decides, not the key's TTL (PERSIST or RESTORE can make a
+    // key outlive its lease).
+    let Some(lease) = current(&mut key)?.filter(|l| l.is_live(now)) else {
         reply::null(call.ctx);
         return Ok(());
     };
@@ -325,15 +327,33 @@ pub fn info(call: &Call) -> Outcome {
     Ok(())
 }
 
-/// `LOCK._GRANT key owner token:deadline-ms:acquired-at-ms:extensions:session`:
-/// applies a grant decided by the primary. Accepted only from the replication
-/// link and while loading the AOF, so no client can forge a token.
-pub fn grant(call: &Call) -> Outcome {
+/// Internal commands are accepted only from the replication link and while
+/// loading the AOF, so no client can forge a token.
+fn internal_only(call: &Call, name: &str) -> Result<(), LockError> {
     if call.flags() & (ffi::CTX_REPLICATED | ffi::CTX_LOADING) == 0 {
-        return Err(LockError::syntax(
-            "LOCK._GRANT is internal: it is accepted only from the replication stream and the AOF",
-        ));
+        return Err(LockError::syntax(format!(
+            "{name} is internal: it is accepted only from the replication stream and the AOF"
+        )));
     }
+    Ok(())
+}
+
+/// `LOCK._HIGHWATER token`: raises the token clock's high-water mark (written
+/// to the AOF when it is rewritten, so tokens never go back after a restart
+/// from an AOF without RDB preamble).
+pub fn high_water(call: &Call) -> Outcome {
+    internal_only(call, "LOCK._HIGHWATER")?;
+    let args = call.args();
+    state::observe_token(parse::high_water(&args)?);
+    api!(RedisModule_ReplicateVerbatim, call.ctx);
+    reply::ok(call.ctx);
+    Ok(())
+}
+
+/// `LOCK._GRANT key owner token:deadline-ms:acquired-at-ms:extensions:session`:
+/// applies a grant decided by the primary.
+pub fn grant(call: &Call) -> Outcome {
+    internal_only(call, "LOCK._GRANT")?;
     let args = call.args();
     let lease = parse::grant(&args)?.lease;
     state::observe_token(lease.token);

@@ -6,12 +6,12 @@
 //!   runs when a whole database is emptied or swapped);
 //! * key expiry: a lock whose lease ran out while held is published as the
 //!   module keyspace event `lock.expired`;
-//! * a fork for an AOF rewrite: the policies are propagated again so that the
-//!   rewritten AOF keeps them (see `policies::reemit_after_fork`).
+//! * a fork for an AOF rewrite: node-wide state is propagated again so that
+//!   the rewritten AOF keeps it (see `persist::fork_started`).
 
 use crate::ffi::{self, Ctx, RString, api};
 use crate::state::MainThread;
-use crate::{persist, policies, sessions, state, waiters};
+use crate::{persist, sessions, state, waiters};
 use lockwarden_core::Lease;
 use redis_module::raw;
 use std::cell::RefCell;
@@ -118,7 +118,7 @@ unsafe extern "C" fn on_fork(
 ) {
     ffi::guard("fork event", (), || {
         if sub == raw::REDISMODULE_SUBEVENT_FORK_CHILD_BORN {
-            policies::reemit_after_fork(ctx);
+            persist::fork_started(ctx);
         }
     })
 }

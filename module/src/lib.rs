@@ -56,6 +56,7 @@ entry!(cmd_release => commands::release);
 entry!(cmd_extend => commands::extend);
 entry!(cmd_info => commands::info);
 entry!(cmd_grant => commands::grant);
+entry!(cmd_high_water => commands::high_water);
 entry!(cmd_list => list::list);
 entry!(cmd_policy_load => policies::load);
 entry!(cmd_policy_unload => policies::unload);
@@ -79,6 +80,14 @@ const COMMANDS: &[(&str, Entry, &str, c_int, c_int, c_int)] = &[
     ("LOCK.EXTEND", cmd_extend, "write fast", 1, 1, 1),
     ("LOCK.INFO", cmd_info, "readonly fast", 1, 1, 1),
     ("LOCK._GRANT", cmd_grant, "write fast no-monitor", 1, 1, 1),
+    (
+        "LOCK._HIGHWATER",
+        cmd_high_water,
+        "write fast no-monitor",
+        0,
+        0,
+        0,
+    ),
     ("LOCK.LIST", cmd_list, "readonly", 0, 0, 0),
 ];
 

@@ -75,6 +75,7 @@ pub fn list(call: &Call) -> Result<(), LockError> {
             continue;
         };
         if let Slot::Ours(lease) = key.slot::<Lease>(ty())
+            && lease.is_live(now)
             && req.held_more_ms.is_none_or(|min| lease.held_ms(now) > min)
         {
             let lk = LockKey {

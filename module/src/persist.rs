@@ -1,5 +1,12 @@
-//! Node-wide state in the RDB: an aux field written before the keyspace with
-//! the token high-water mark, the process incarnation and the policies.
+//! Node-wide state that is not a key: the token high-water mark, the process
+//! incarnation and the policies.
+//!
+//! * RDB (and the AOF's RDB preamble): an aux field written before the
+//!   keyspace.
+//! * AOF without preamble: a rewrite only writes keys, so when a rewrite
+//!   forks, the high-water mark (`LOCK._HIGHWATER`) and the policies
+//!   (`LOCK.POLICY LOAD ... REPLACE`) are propagated again; they land in the
+//!   new AOF's incremental file, which belongs to the rewritten AOF.
 //!
 //! Loading it raises the token clock (so tokens never go back after a restart
 //! from RDB or `DEBUG RELOAD`, even if every lock had been released), and tells
@@ -8,8 +15,8 @@
 //! process).
 
 use crate::ffi::{self, api};
-use crate::policies;
 use crate::state::{self, MainThread};
+use crate::{policies, replicate};
 use redis_module::raw;
 use std::cell::Cell;
 use std::ffi::c_int;
@@ -81,4 +88,36 @@ pub unsafe extern "C" fn aux_load(
             }
         }
     })
+}
+
+/// A fork happened: if it is an AOF rewrite, put the node-wide state into
+/// the new AOF.
+pub fn fork_started(ctx: *mut ffi::Ctx) {
+    if !aof_rewrite_in_progress(ctx) {
+        return;
+    }
+    replicate::high_water(ctx, state::high_water());
+    policies::replicate_all(ctx);
+}
+
+fn aof_rewrite_in_progress(ctx: *mut ffi::Ctx) -> bool {
+    let reply = api!(
+        RedisModule_Call,
+        ctx,
+        c"INFO".as_ptr(),
+        c"c".as_ptr(),
+        c"persistence".as_ptr()
+    );
+    if reply.is_null() {
+        return false;
+    }
+    let mut len = 0usize;
+    let p = api!(RedisModule_CallReplyStringPtr, reply, &mut len);
+    let found = !p.is_null() && {
+        // SAFETY: the reply owns `len` bytes at `p` until it is freed below.
+        let text = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
+        text.windows(25).any(|w| w == b"aof_rewrite_in_progress:1")
+    };
+    api!(RedisModule_FreeCallReply, reply);
+    found
 }

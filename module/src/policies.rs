@@ -425,39 +425,11 @@ pub fn load_at_startup(spec: PolicySpec) -> Result<(), String> {
     Ok(())
 }
 
-/// After a fork for an AOF rewrite, the new AOF is the child's snapshot of
-/// the keyspace plus what is propagated from now on; the policies are not
-/// part of the keyspace, so they are propagated again (as idempotent
-/// `LOAD ... REPLACE`) to land in the new AOF. With an RDB preamble they are
-/// also in its aux field; without one this is what keeps them.
-pub fn reemit_after_fork(ctx: *mut Ctx) {
-    if with(|r| r.is_empty()) || !aof_rewrite_in_progress(ctx) {
-        return;
-    }
+/// Propagates every policy again (idempotent `LOAD ... REPLACE`), e.g. into
+/// a freshly rewritten AOF.
+pub fn replicate_all(ctx: *mut Ctx) {
     let specs: Vec<PolicySpec> = with(|r| r.specs().cloned().collect());
     for spec in &specs {
         replicate_spec(ctx, spec);
     }
-}
-
-fn aof_rewrite_in_progress(ctx: *mut Ctx) -> bool {
-    let reply = api!(
-        RedisModule_Call,
-        ctx,
-        c"INFO".as_ptr(),
-        c"c".as_ptr(),
-        c"persistence".as_ptr()
-    );
-    if reply.is_null() {
-        return false;
-    }
-    let mut len = 0usize;
-    let p = api!(RedisModule_CallReplyStringPtr, reply, &mut len);
-    let found = !p.is_null() && {
-        // SAFETY: the reply owns `len` bytes at `p` until it is freed below.
-        let text = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
-        text.windows(25).any(|w| w == b"aof_rewrite_in_progress:1")
-    };
-    api!(RedisModule_FreeCallReply, reply);
-    found
 }

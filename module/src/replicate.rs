@@ -53,3 +53,14 @@ pub fn delete(ctx: *mut Ctx, key: *mut RString) {
         key
     );
 }
+
+/// Replicates the token clock's high-water mark.
+pub fn high_water(ctx: *mut Ctx, token: u64) {
+    api!(
+        RedisModule_Replicate,
+        ctx,
+        c"LOCK._HIGHWATER".as_ptr(),
+        c"l".as_ptr(),
+        token as i64
+    );
+}

@@ -11,15 +11,18 @@
 //!   the last grants (a replica promoted after the old primary lost its tail, a
 //!   server restarted from an AOF rewritten while no lock was held) larger than
 //!   tokens issued before, as long as its clock is ahead of the clock that
-//!   issued them. With at most 2^16 grants per millisecond per node, tokens
-//!   issued at wall time `t` are below `(t + 1) << 16`, so any node whose clock
-//!   reads later than `t` issues larger ones.
-//! * Tokens stay below 2^63: `now_ms << 16` passes [`MAX_TOKEN`] (2^62) only in
-//!   the year 4199, and tokens accepted from outside are capped at
-//!   [`MAX_TOKEN`].
+//!   issued them. With at most 2^10 = 1024 grants per millisecond per node
+//!   (Redis serves a few hundred commands per millisecond), tokens issued at
+//!   wall time `t` are below `(t + 1) << 10`, so any node whose clock reads
+//!   later than `t` issues larger ones.
+//! * Tokens stay below 2^53 until the year 2248, so they are exact in Lua,
+//!   JavaScript and JSON numbers (IEEE doubles): a fencing check written in
+//!   any of them compares them correctly. Tokens accepted from outside
+//!   (`RESTORE`, replication) are capped at [`MAX_TOKEN`] (2^62), and the wall
+//!   term is capped there too, so every token fits in a signed 64-bit integer.
 
 /// Bits of per-millisecond sequence space below the wall-clock term.
-pub const WALL_SHIFT: u32 = 16;
+pub const WALL_SHIFT: u32 = 10;
 
 /// The largest token accepted from outside (replication, RDB, RESTORE).
 /// Issued tokens can exceed it only by the number of grants made after it
@@ -58,7 +61,7 @@ impl TokenClock {
     }
 }
 
-/// `now_ms << WALL_SHIFT`, for non-negative times below 2^46 ms.
+/// `now_ms << WALL_SHIFT`, clamped to `[0, MAX_TOKEN]`.
 fn wall_term(now_ms: i64) -> u64 {
     let ms = now_ms.clamp(0, (MAX_TOKEN >> WALL_SHIFT) as i64) as u64;
     ms << WALL_SHIFT
@@ -111,6 +114,16 @@ mod tests {
         }
         let mut promoted = TokenClock::new();
         assert!(promoted.issue(NOW + 1) > lost);
+    }
+
+    #[test]
+    fn tokens_are_exact_doubles_for_two_centuries() {
+        let year_2200_ms = 7_258_118_400_000i64;
+        let mut c = TokenClock::new();
+        let t = c.issue(year_2200_ms);
+        assert!(t < 1 << 53, "{t}");
+        assert_eq!(t as f64 as u64, t);
+        assert_eq!((t + 1) as f64 as u64, t + 1);
     }
 
     #[test]

@@ -85,7 +85,9 @@ impl std::fmt::Display for DecodeError {
             DecodeError::UnknownFlags(b) => write!(f, "unknown lease flags {b:#x}"),
             DecodeError::BadToken => f.write_str("lease token out of range"),
             DecodeError::BadOwner => f.write_str("lease owner empty or too long"),
-            DecodeError::BadTimes => f.write_str("lease times invalid (deadline before acquisition?)"),
+            DecodeError::BadTimes => {
+                f.write_str("lease times invalid (deadline before acquisition?)")
+            }
             DecodeError::BadExtensions => f.write_str("lease extension count invalid"),
             DecodeError::Trailing => f.write_str("unexpected trailing lease fields"),
         }
@@ -162,7 +164,11 @@ impl GrantFields {
         let _ = write!(
             f,
             "{}:{}:{}:{}:{}",
-            lease.token, lease.deadline_ms, lease.acquired_at_ms, lease.extensions, lease.session as u8
+            lease.token,
+            lease.deadline_ms,
+            lease.acquired_at_ms,
+            lease.extensions,
+            lease.session as u8
         );
         f
     }
@@ -188,7 +194,8 @@ impl std::fmt::Write for GrantFields {
 pub fn parse_grant_fields(owner: &[u8], fields: &[u8]) -> Result<Lease, DecodeError> {
     let mut parts = fields.split(|&b| b == b':');
     let mut next = || -> Result<&[u8], DecodeError> { parts.next().ok_or(DecodeError::Truncated) };
-    let (token, deadline, acquired, extensions, session) = (next()?, next()?, next()?, next()?, next()?);
+    let (token, deadline, acquired, extensions, session) =
+        (next()?, next()?, next()?, next()?, next()?);
     if parts.next().is_some() {
         return Err(DecodeError::Trailing);
     }
@@ -201,7 +208,11 @@ pub fn parse_grant_fields(owner: &[u8], fields: &[u8]) -> Result<Lease, DecodeEr
     let session = match session {
         b"0" => false,
         b"1" => true,
-        _ => return Err(DecodeError::UnknownFlags(session.first().copied().unwrap_or(0))),
+        _ => {
+            return Err(DecodeError::UnknownFlags(
+                session.first().copied().unwrap_or(0),
+            ));
+        }
     };
     validate(Lease {
         owner: owner.into(),
@@ -296,7 +307,10 @@ pub(crate) mod tests {
         l.extensions = 3;
         l.session = true;
         let f = GrantFields::of(&l);
-        assert_eq!(f.as_bytes(), b"288230376151711744:1800000030000:1800000000000:3:1");
+        assert_eq!(
+            f.as_bytes(),
+            b"288230376151711744:1800000030000:1800000000000:3:1"
+        );
         assert_eq!(parse_grant_fields(b"me", f.as_bytes()), Ok(l));
         for bad in [
             &b""[..],
@@ -309,7 +323,11 @@ pub(crate) mod tests {
             b"1:2:1:4294967296:0",
             b"-1:2:1:0:0",
         ] {
-            assert!(parse_grant_fields(b"me", bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_grant_fields(b"me", bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         assert!(parse_grant_fields(b"", b"1:2:1:0:0").is_err());
     }

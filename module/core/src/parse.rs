@@ -182,10 +182,7 @@ impl<'a, 'b> Options<'a, 'b> {
 
     /// The next option: its canonical name (from `known`) and its value, if
     /// it takes one.
-    fn next(
-        &mut self,
-        known: &[(&'static str, bool)],
-    ) -> Option<Result<Opt<'a>, LockError>> {
+    fn next(&mut self, known: &[(&'static str, bool)]) -> Option<Result<Opt<'a>, LockError>> {
         let (&name, rest) = self.args.split_first()?;
         let Some(&(canonical, takes_value)) = known
             .iter()
@@ -385,6 +382,17 @@ pub fn policy_eval<'a>(args: &[&'a [u8]]) -> Result<PolicyEval<'a>, LockError> {
     })
 }
 
+/// Parses `LOCK._HIGHWATER token`.
+pub fn high_water(args: &[&[u8]]) -> Result<u64, LockError> {
+    let [t] = args else {
+        return Err(arity("lock._highwater"));
+    };
+    match parse_u64(t) {
+        Some(v) if v <= crate::clock::MAX_TOKEN => Ok(v),
+        _ => Err(LockError::syntax("token out of range")),
+    }
+}
+
 /// Parses `LOCK._GRANT` arguments.
 pub fn grant<'a>(args: &[&'a [u8]]) -> Result<Grant<'a>, LockError> {
     let [key, who, fields] = args else {
@@ -463,7 +471,17 @@ mod tests {
     fn grant_forms() {
         let g = grant(&a(&["k", "me", "5:200:100:2:1"])).unwrap();
         let l = &g.lease;
-        assert_eq!((l.token, l.deadline_ms, l.acquired_at_ms, l.extensions, l.session, l.client_id), (5, 200, 100, 2, true, 0));
+        assert_eq!(
+            (
+                l.token,
+                l.deadline_ms,
+                l.acquired_at_ms,
+                l.extensions,
+                l.session,
+                l.client_id
+            ),
+            (5, 200, 100, 2, true, 0)
+        );
         assert!(grant(&a(&["k", "me", "5:100:200:0:0"])).is_err());
         assert!(grant(&a(&["k", "me", "0:200:100:0:0"])).is_err());
         assert!(grant(&a(&["k", "me"])).is_err());
@@ -526,6 +544,15 @@ mod tests {
     }
 
     #[test]
+    fn high_water_forms() {
+        assert_eq!(high_water(&a(&["42"])), Ok(42));
+        assert!(high_water(&a(&[])).is_err());
+        assert!(high_water(&a(&["-1"])).is_err());
+        let big = (crate::clock::MAX_TOKEN + 1).to_string();
+        assert!(high_water(&a(&[&big])).is_err());
+    }
+
+    #[test]
     fn integers() {
         assert_eq!(parse_i64(b"-12"), Some(-12));
         assert_eq!(parse_i64(b"12"), Some(12));
@@ -542,6 +569,7 @@ mod tests {
             let _ = release(&args);
             let _ = extend(&args);
             let _ = grant(&args);
+            let _ = high_water(&args);
             let _ = list(&args);
             let _ = policy_load(&args);
             let _ = policy_eval(&args);

@@ -1,0 +1,125 @@
+//! ACLs and command metadata: the README's least-privilege recipe for an
+//! application user, and COMMAND INFO / GETKEYS of the lock commands (key
+//! position 1, flags). Every test runs on Redis and Valkey.
+
+mod core_support;
+
+use std::time::Duration;
+
+use core_support::*;
+use lockwarden_tests::redis::{self, Value};
+use lockwarden_tests::*;
+
+/// The recipe the README gives for an application user.
+const RECIPE: &str = "ACL SETUSER app on >secret resetkeys ~app:locks:* resetchannels -@all \
+                      +lock.acquire +lock.release +lock.extend +lock.info";
+
+/// The flags of one COMMAND INFO entry, lower-cased.
+fn flags_of(entry: &Value) -> (String, Vec<String>, i64, i64, i64) {
+    let Value::Array(fields) = entry else {
+        panic!("COMMAND INFO entry: {}", render(entry));
+    };
+    let name = render(&fields[0]).to_lowercase();
+    let flags = match &fields[2] {
+        Value::Array(f) | Value::Set(f) => f.iter().map(|v| render(v).to_lowercase()).collect(),
+        other => panic!("COMMAND INFO flags: {}", render(other)),
+    };
+    (
+        name,
+        flags,
+        int(&fields[3]),
+        int(&fields[4]),
+        int(&fields[5]),
+    )
+}
+
+for_each_flavor! {
+    /// The recipe: `app` can take, inspect, extend and release locks under
+    /// `app:locks:*` and nothing else (NOPERM for other keys, LOCK._GRANT,
+    /// LOCK.POLICY, LOCK.LIST, FLUSHALL, plain data commands).
+    fn acl_recipe_limits_app_user(flavor: Flavor) {
+        let s = Server::start(flavor);
+        let words: Vec<&str> = RECIPE.split_whitespace().collect();
+        assert_eq!(s.cmd_text(&words), "OK");
+        s.cmd(&["SET", "other:data", "v"]);
+
+        let bad = redis::Client::open(format!("redis://app:wrong@127.0.0.1:{}/", s.port())).unwrap();
+        assert!(bad.get_connection_with_timeout(Duration::from_secs(5)).is_err(), "wrong password accepted");
+        let client = redis::Client::open(format!("redis://app:secret@127.0.0.1:{}/", s.port())).unwrap();
+        let mut app = client.get_connection_with_timeout(Duration::from_secs(5)).unwrap();
+
+        let (t, ttl) = parse_grant(&req(&mut app, &["LOCK.ACQUIRE", "app:locks:x", "app-1", "10000"]))
+            .expect("app can lock app:locks:x");
+        assert_eq!(ttl, 10000);
+        let info = parse_lock_info(&req(&mut app, &["LOCK.INFO", "app:locks:x"])).unwrap();
+        assert_eq!((info.owner.as_slice(), info.token), (&b"app-1"[..], t));
+        assert_eq!(req(&mut app, &["LOCK.EXTEND", "app:locks:x", "app-1", "20000"]), Value::Int(20000));
+
+        let fields = format!("99999999999999999:{}:{}:0:0", now_ms() + 60000, now_ms());
+        for args in [
+            vec!["LOCK.ACQUIRE", "other:x", "app-1", "10000"],
+            vec!["LOCK.RELEASE", "other:x", "app-1"],
+            vec!["LOCK.EXTEND", "other:x", "app-1", "10000"],
+            vec!["LOCK.INFO", "other:x"],
+            vec!["LOCK.INFO", "other:data"],
+            vec!["LOCK._GRANT", "app:locks:x", "mallory", &fields],
+            vec!["LOCK.POLICY", "LIST"],
+            vec!["LOCK.POLICY", "UNLOAD", "anything"],
+            vec!["LOCK.LIST"],
+            vec!["FLUSHALL"],
+            vec!["GET", "app:locks:x"],
+            vec!["DEL", "app:locks:x"],
+            vec!["SET", "app:locks:y", "v"],
+            vec!["CONFIG", "SET", "lockwarden.max-ttl-ms", "1"],
+        ] {
+            assert_err(&req(&mut app, &args), "NOPERM", &format!("app user: {args:?}"));
+        }
+
+        // Nothing the refused commands named changed.
+        assert!(!exists(&s, "other:x"));
+        assert!(!exists(&s, "app:locks:y"));
+        assert_eq!(s.cmd_text(&["GET", "other:data"]), "v");
+        let info = held(&s, "app:locks:x");
+        assert_eq!((info.token, info.extensions), (t, 1));
+        assert_eq!(stat(&s, "token_high_water"), t);
+        assert_eq!(s.cmd_text(&["CONFIG", "GET", "lockwarden.max-ttl-ms"]), "[lockwarden.max-ttl-ms 60000]");
+
+        assert_eq!(req(&mut app, &["LOCK.RELEASE", "app:locks:x", "app-1", "FENCE", &t.to_string()]), Value::Int(1));
+        assert!(!exists(&s, "app:locks:x"));
+    }
+
+    /// COMMAND INFO reports key position 1 and the documented flags;
+    /// COMMAND GETKEYS finds the lock's key.
+    fn command_info_key_position_and_flags(flavor: Flavor) {
+        let s = Server::start(flavor);
+        let reply = s.cmd(&["COMMAND", "INFO", "lock.acquire", "lock.release", "lock.extend", "lock.info", "lock._grant"]);
+        let Value::Array(entries) = reply else {
+            panic!("COMMAND INFO: {}", render(&reply));
+        };
+        let want: [(&str, &[&str]); 5] = [
+            ("lock.acquire", &["write", "denyoom", "blocking"]),
+            ("lock.release", &["write", "fast"]),
+            ("lock.extend", &["write", "fast"]),
+            ("lock.info", &["readonly", "fast"]),
+            ("lock._grant", &["write"]),
+        ];
+        assert_eq!(entries.len(), want.len());
+        for (entry, (name, flags)) in entries.iter().zip(want) {
+            let (got_name, got_flags, first, last, step) = flags_of(entry);
+            assert_eq!(got_name, name);
+            for f in flags {
+                assert!(got_flags.iter().any(|g| g == f), "{name}: flags {got_flags:?} lack {f}");
+            }
+            assert_eq!((first, last, step), (1, 1, 1), "{name}: key position");
+        }
+        for args in [
+            vec!["COMMAND", "GETKEYS", "LOCK.ACQUIRE", "some:key", "o", "1000"],
+            vec!["COMMAND", "GETKEYS", "LOCK.ACQUIRE", "some:key", "o", "1000", "WAIT", "5", "SESSION"],
+            vec!["COMMAND", "GETKEYS", "LOCK.RELEASE", "some:key", "o", "FENCE", "5"],
+            vec!["COMMAND", "GETKEYS", "LOCK.EXTEND", "some:key", "o", "1000"],
+            vec!["COMMAND", "GETKEYS", "LOCK.INFO", "some:key"],
+        ] {
+            assert_eq!(s.cmd_text(&args), "[some:key]", "{args:?}");
+        }
+    }
+}

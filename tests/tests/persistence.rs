@@ -1,0 +1,278 @@
+//! Locks and fencing tokens across restarts: RDB (SHUTDOWN SAVE), DEBUG
+//! RELOAD, and AOF with and without the RDB preamble, after BGREWRITEAOF
+//! and after kill -9. Every test runs on Redis and Valkey.
+
+mod core_support;
+
+use core_support::*;
+use lockwarden_tests::redis::Value;
+use lockwarden_tests::*;
+
+fn bgrewriteaof(s: &Server) {
+    wait_persistence_idle(s);
+    let reply = s.cmd_text(&["BGREWRITEAOF"]);
+    assert!(reply.contains("rewriting"), "BGREWRITEAOF: {reply}");
+    wait_persistence_idle(s);
+}
+
+/// A lock held across a restart: same owner, token, acquisition time and
+/// extensions, client-id 0 (another process), the lease still running.
+#[track_caller]
+fn check_survivor(s: &Server, key: &str, before: &LockInfo) {
+    let after = held(s, key);
+    assert_eq!(
+        after.lease_fields(),
+        before.lease_fields(),
+        "{key} after the restart"
+    );
+    assert_eq!(
+        (after.client_id, after.client_connected),
+        (0, 0),
+        "{after:?}"
+    );
+    assert!(
+        after.ttl > 0 && after.ttl <= before.ttl,
+        "{before:?} -> {after:?}"
+    );
+    let p = pttl(s, key);
+    assert!(p > 0 && p <= before.ttl, "PTTL {p}");
+}
+
+/// The AOF scenario, with `aof-use-rdb-preamble` set to `preamble`.
+fn aof_scenario(flavor: Flavor, preamble: &str) {
+    let s = Server::builder(flavor)
+        .arg("appendonly", "yes")
+        .arg("appendfsync", "always")
+        .arg("aof-use-rdb-preamble", preamble)
+        .start();
+    let mut k_tokens = Vec::new();
+    let t_held = acquire_ok(&s, "a:held", "alice", 60000);
+    for _ in 0..2 {
+        assert_eq!(
+            s.cmd(&["LOCK.EXTEND", "a:held", "alice", "60000"]),
+            Value::Int(60000)
+        );
+    }
+    k_tokens.push(acquire_ok(&s, "a:k", "bob", 60000));
+    release_ok(&s, "a:k", "bob");
+    let t_short = acquire_ok(&s, "a:short", "x", 1500);
+    let before = held(&s, "a:held");
+    assert_eq!(before.extensions, 2);
+    let hw = stat(&s, "token_high_water");
+
+    // 1. Clean restart: the AOF is replayed.
+    s.restart_clean(Shutdown::NoSave);
+    check_survivor(&s, "a:held", &before);
+    assert_eq!(
+        stat(&s, "token_high_water"),
+        hw,
+        "high-water mark after the AOF replay"
+    );
+    k_tokens.push(acquire_ok(&s, "a:k", "bob", 60000));
+    release_ok(&s, "a:k", "bob");
+
+    // 2. BGREWRITEAOF, more grants, then kill -9.
+    bgrewriteaof(&s);
+    k_tokens.push(acquire_ok(&s, "a:k", "carol", 60000));
+    release_ok(&s, "a:k", "carol");
+    let t_fresh = acquire_ok(&s, "a:fresh", "dave", 60000);
+    let hw = stat(&s, "token_high_water");
+    assert_eq!(hw, t_fresh);
+    s.restart_after_kill();
+    check_survivor(&s, "a:held", &before);
+    assert_eq!(
+        held(&s, "a:fresh").token,
+        t_fresh,
+        "a grant just before kill -9"
+    );
+    assert_eq!(
+        stat(&s, "token_high_water"),
+        hw,
+        "high-water mark after kill -9"
+    );
+    k_tokens.push(acquire_ok(&s, "a:k", "bob", 60000));
+    release_ok(&s, "a:k", "bob");
+
+    // 3. BGREWRITEAOF as the last write before kill -9: the released lock
+    // exists only in the past, its next token is still larger.
+    bgrewriteaof(&s);
+    let hw = stat(&s, "token_high_water");
+    s.restart_after_kill();
+    check_survivor(&s, "a:held", &before);
+    if preamble == "yes" {
+        assert_eq!(
+            stat(&s, "token_high_water"),
+            hw,
+            "high-water mark from the RDB preamble"
+        );
+    }
+    k_tokens.push(acquire_ok(&s, "a:k", "erin", 60000));
+    release_ok(&s, "a:k", "erin");
+    assert_strictly_increasing(&k_tokens, "tokens of a:k across AOF restarts");
+
+    // A lease that ran out meanwhile is free; its next token is larger.
+    wait_gone(&s, "a:short", TIMEOUT);
+    assert!(acquire_ok(&s, "a:short", "y", 1000) > t_short);
+
+    // The survivor still works for its holder, and only for it.
+    assert_eq!(acquire(&s, "a:held", "mallory", 1000), None);
+    let fence = t_held.to_string();
+    assert_eq!(
+        s.cmd(&["LOCK.EXTEND", "a:held", "alice", "30000", "FENCE", &fence]),
+        Value::Int(30000)
+    );
+    assert_eq!(held(&s, "a:held").extensions, 3);
+    assert_eq!(
+        s.cmd(&["LOCK.RELEASE", "a:held", "alice", "FENCE", &fence]),
+        Value::Int(1)
+    );
+    assert!(!exists(&s, "a:held"));
+
+    // And the release itself is durable.
+    s.restart_after_kill();
+    assert_eq!(lock_info(&s, "a:held"), None);
+    assert!(acquire_ok(&s, "a:held", "next", 1000) > *k_tokens.last().unwrap());
+}
+
+/// How a server persists in [`high_water_scenario`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Persist {
+    Rdb,
+    AofPreamble,
+    AofNoPreamble,
+}
+
+/// A token above this node's wall-clock term (the token a node one day
+/// ahead issues) is restored, released, then the server persists and
+/// restarts (for the AOF after BGREWRITEAOF): the next token of that key is
+/// still larger.
+fn high_water_scenario(flavor: Flavor, mode: Persist) {
+    let ahead = token_from_a_day_ahead();
+    let payload = dump_with_token(flavor, "h:k", ahead);
+    let builder = Server::builder(flavor);
+    let s = match mode {
+        Persist::Rdb => builder.start(),
+        Persist::AofPreamble | Persist::AofNoPreamble => builder
+            .arg("appendonly", "yes")
+            .arg("appendfsync", "always")
+            .arg(
+                "aof-use-rdb-preamble",
+                if mode == Persist::AofPreamble {
+                    "yes"
+                } else {
+                    "no"
+                },
+            )
+            .start(),
+    };
+    let mut c = s.client();
+    let reply = req_bytes(&mut c, &[b"RESTORE", b"h:k", b"60000", &payload]);
+    assert_eq!(reply, Value::Okay);
+    assert_eq!(held(&s, "h:k").token, ahead as i64);
+    assert_eq!(
+        s.cmd(&["LOCK.RELEASE", "h:k", "alice", "FENCE", &ahead.to_string()]),
+        Value::Int(1)
+    );
+    assert_eq!(stat(&s, "token_high_water"), ahead as i64);
+    match mode {
+        Persist::Rdb => s.restart_clean(Shutdown::Save),
+        Persist::AofPreamble | Persist::AofNoPreamble => {
+            bgrewriteaof(&s);
+            s.restart_after_kill();
+        }
+    }
+    let next = acquire_ok(&s, "h:k", "bob", 1000);
+    assert!(
+        next > ahead as i64,
+        "token {next} of h:k after the restart is below the earlier {ahead}"
+    );
+}
+
+for_each_flavor! {
+    /// SHUTDOWN SAVE + restart: held locks come back with owner, token,
+    /// times and extensions, the token high-water mark comes back from the
+    /// RDB (also when no lock is held), and later tokens are larger.
+    fn tokens_increase_across_rdb_restart(flavor: Flavor) {
+        let s = Server::start(flavor);
+        let t_held = acquire_ok(&s, "r:held", "alice", 60000);
+        assert_eq!(s.cmd(&["LOCK.EXTEND", "r:held", "alice", "60000"]), Value::Int(60000));
+        let t_k = acquire_ok(&s, "r:k", "bob", 60000);
+        release_ok(&s, "r:k", "bob");
+        let before = held(&s, "r:held");
+        assert_eq!(stat(&s, "token_high_water"), t_k);
+
+        s.restart_clean(Shutdown::Save);
+        assert_eq!(stat(&s, "token_high_water"), t_k, "high-water mark from the RDB");
+        check_survivor(&s, "r:held", &before);
+        assert_eq!(stat(&s, "locks_held"), 1);
+        assert_eq!(acquire(&s, "r:held", "bob", 1000), None);
+        let t_k2 = acquire_ok(&s, "r:k", "carol", 60000);
+        assert!(t_k2 > t_k);
+        let fence = t_held.to_string();
+        assert_eq!(s.cmd(&["LOCK.EXTEND", "r:held", "alice", "60000", "FENCE", &fence]), Value::Int(60000));
+        assert_eq!(s.cmd(&["LOCK.RELEASE", "r:held", "alice", "FENCE", &fence]), Value::Int(1));
+        release_ok(&s, "r:k", "carol");
+
+        // Nothing held at all: only the aux field carries the high water.
+        assert_eq!(dbsize(&s), 0);
+        s.restart_clean(Shutdown::Save);
+        assert_eq!(stat(&s, "token_high_water"), t_k2);
+        assert_eq!(stat(&s, "locks_held"), 0);
+        let t_k3 = acquire_ok(&s, "r:k", "dave", 1000);
+        assert!(t_k3 > t_k2);
+
+        // kill -9 loses what was not saved, but the RDB's locks and high
+        // water are back.
+        s.restart_after_kill();
+        assert_eq!(lock_info(&s, "r:k"), None);
+        assert_eq!(stat(&s, "token_high_water"), t_k2);
+        assert!(acquire_ok(&s, "r:k", "erin", 1000) > t_k3);
+    }
+
+    /// DEBUG RELOAD (same process): locks, tokens and even client ids are
+    /// kept; later tokens are larger.
+    fn debug_reload_keeps_locks(flavor: Flavor) {
+        let s = Server::start(flavor);
+        let mut c = s.client();
+        let id = int(&req(&mut c, &["CLIENT", "ID"]));
+        let (t, _) = parse_grant(&req(&mut c, &["LOCK.ACQUIRE", "d:held", "alice", "60000"])).unwrap();
+        let t_k = acquire_ok(&s, "d:k", "bob", 60000);
+        release_ok(&s, "d:k", "bob");
+        let before = held(&s, "d:held");
+        assert_eq!(s.cmd_text(&["DEBUG", "RELOAD"]), "OK");
+        let after = held(&s, "d:held");
+        assert_eq!(after.lease_fields(), before.lease_fields());
+        assert_eq!(after.token, t);
+        assert_eq!((after.client_id, after.client_connected), (id, 1), "{after:?}");
+        assert_eq!(stat(&s, "token_high_water"), t_k);
+        assert!(acquire_ok(&s, "d:k", "carol", 1000) > t_k);
+        assert_eq!(req(&mut c, &["LOCK.RELEASE", "d:held", "alice", "FENCE", &t.to_string()]), Value::Int(1));
+    }
+
+    /// High-water mark ahead of the clock, across SHUTDOWN SAVE + restart.
+    fn high_water_ahead_of_clock_survives_rdb_restart(flavor: Flavor) {
+        high_water_scenario(flavor, Persist::Rdb);
+    }
+
+    /// High-water mark ahead of the clock, across BGREWRITEAOF (with the
+    /// RDB preamble) + kill -9.
+    fn high_water_ahead_of_clock_survives_aof_rewrite_with_preamble(flavor: Flavor) {
+        high_water_scenario(flavor, Persist::AofPreamble);
+    }
+
+    /// High-water mark ahead of the clock, across BGREWRITEAOF (without
+    /// the RDB preamble) + kill -9.
+    fn high_water_ahead_of_clock_survives_aof_rewrite_without_preamble(flavor: Flavor) {
+        high_water_scenario(flavor, Persist::AofNoPreamble);
+    }
+
+    /// AOF with the RDB preamble (the default).
+    fn aof_restart_with_rdb_preamble(flavor: Flavor) {
+        aof_scenario(flavor, "yes");
+    }
+
+    /// AOF without the RDB preamble: locks are rewritten as LOCK._GRANT.
+    fn aof_restart_without_rdb_preamble(flavor: Flavor) {
+        aof_scenario(flavor, "no");
+    }
+}

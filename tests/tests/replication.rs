@@ -1,0 +1,327 @@
+//! The lock core on a primary and its replica: grants replicate as effects,
+//! the replica refuses lock writes, only the primary expires leases, clients
+//! cannot forge grants, and a promoted replica keeps tokens increasing.
+//! Every test runs on Redis and Valkey.
+
+mod core_support;
+
+use std::time::Duration;
+
+use core_support::*;
+use lockwarden_tests::redis::Value;
+use lockwarden_tests::*;
+
+/// Asserts that `key` is in the same state on the primary and the replica:
+/// equal DEBUG DIGEST-VALUE and LOCK.INFO (owner, token, times,
+/// extensions, session; the remaining ttl within a second).
+#[track_caller]
+fn assert_same(pair: &ReplicaPair, key: &str) -> LockInfo {
+    let (p, r) = (&pair.primary, &pair.replica);
+    assert_eq!(digest(p, key), digest(r, key), "DEBUG DIGEST-VALUE {key}");
+    let a = held(p, key);
+    let b = held(r, key);
+    assert_eq!(
+        a.lease_fields(),
+        b.lease_fields(),
+        "{key}: primary {a:?}, replica {b:?}"
+    );
+    assert!(
+        (a.ttl - b.ttl).abs() <= 1000,
+        "{key}: primary {a:?}, replica {b:?}"
+    );
+    assert_eq!(b.client_id, 0, "a replicated lease has no client id: {b:?}");
+    assert_eq!(r.cmd_text(&["TYPE", key]), "lockwardn");
+    assert!(pttl(r, key) > 0);
+    a
+}
+
+for_each_flavor! {
+    /// Acquire, retry, extend and release on the primary reach the replica
+    /// as the same state.
+    fn replica_mirrors_lock_state(flavor: Flavor) {
+        let pair = ReplicaPair::start(flavor, |b| b);
+        let (p, r) = (&pair.primary, &pair.replica);
+        let t = acquire_ok(p, "rep:k", "alice", 30000);
+        pair.wait_for_offset();
+        assert_eq!(assert_same(&pair, "rep:k").token, t);
+        assert_eq!(stat(r, "locks_held"), 1);
+
+        assert_eq!(p.cmd(&["LOCK.EXTEND", "rep:k", "alice", "40000"]), Value::Int(40000));
+        pair.wait_for_offset();
+        let info = assert_same(&pair, "rep:k");
+        assert_eq!((info.token, info.extensions), (t, 1));
+        assert!(held(r, "rep:k").ttl > 30000);
+
+        assert_eq!(acquire(p, "rep:k", "alice", 5000), Some((t, 5000)));
+        pair.wait_for_offset();
+        assert_same(&pair, "rep:k");
+        assert!(pttl(r, "rep:k") <= 5000);
+
+        // A contended acquire replicates nothing that changes the lock.
+        assert_eq!(acquire(p, "rep:k", "bob", 5000), None);
+        pair.wait_for_offset();
+        assert_eq!(assert_same(&pair, "rep:k").owner, b"alice");
+
+        release_ok(p, "rep:k", "alice");
+        pair.wait_for_offset();
+        assert!(!exists(r, "rep:k"));
+        assert_eq!(dbsize(r), 0);
+        assert_eq!(lock_info(r, "rep:k"), None);
+        assert_eq!(stat(r, "token_high_water"), stat(p, "token_high_water"));
+
+        let t2 = acquire_ok(p, "rep:k", "bob", 30000);
+        assert!(t2 > t);
+        // Binary key and owner.
+        let mut c = p.client();
+        let (tb, _) = parse_grant(&req_bytes(&mut c, &[b"LOCK.ACQUIRE", b"rep:\x00\xff", b"o\x00\xff\r\n", b"30000"])).unwrap();
+        pair.wait_for_offset();
+        assert_eq!(assert_same(&pair, "rep:k").token, t2);
+        let mut rc = r.client();
+        let on_replica = parse_lock_info(&req_bytes(&mut rc, &[b"LOCK.INFO", b"rep:\x00\xff"])).unwrap();
+        assert_eq!((on_replica.owner.as_slice(), on_replica.token), (&b"o\x00\xff\r\n"[..], tb));
+        assert_eq!(
+            render(&req_bytes(&mut c, &[b"DEBUG", b"DIGEST-VALUE", b"rep:\x00\xff"])),
+            render(&req_bytes(&mut rc, &[b"DEBUG", b"DIGEST-VALUE", b"rep:\x00\xff"]))
+        );
+
+        // DEL of a held lock on the primary reaches the replica.
+        assert_eq!(p.cmd(&["DEL", "rep:k"]), Value::Int(1));
+        pair.wait_for_offset();
+        assert!(!exists(r, "rep:k"));
+        assert_eq!(dbsize(r), 1);
+        assert_eq!(stat(r, "locks_held"), 1);
+        assert_eq!(stat(p, "locks_held"), 1);
+    }
+
+    /// The replica refuses LOCK.ACQUIRE / RELEASE / EXTEND (READONLY) and
+    /// LOCK._GRANT from a client, and serves LOCK.INFO; nothing changes.
+    fn replica_rejects_lock_writes(flavor: Flavor) {
+        let pair = ReplicaPair::start(flavor, |b| b);
+        let (p, r) = (&pair.primary, &pair.replica);
+        let t = acquire_ok(p, "ro:k", "alice", 30000);
+        pair.wait_for_offset();
+        let before = assert_same(&pair, "ro:k");
+        let deadline = (now_ms() + 60000).to_string();
+        let now = now_ms().to_string();
+        let fence = t.to_string();
+        for args in [
+            vec!["LOCK.ACQUIRE", "ro:k", "alice", "30000"],
+            vec!["LOCK.ACQUIRE", "ro:other", "bob", "30000"],
+            vec!["LOCK.ACQUIRE", "ro:other", "bob", "30000", "WAIT", "100"],
+            vec!["LOCK.RELEASE", "ro:k", "alice"],
+            vec!["LOCK.RELEASE", "ro:k", "alice", "FENCE", &fence],
+            vec!["LOCK.EXTEND", "ro:k", "alice", "50000"],
+        ] {
+            assert_err(&r.cmd(&args), "READONLY", &format!("{args:?} on the replica"));
+        }
+        let fields = format!("5:{deadline}:{now}:0:0");
+        let forged = r.cmd(&["LOCK._GRANT", "ro:other", "mallory", &fields]);
+        assert!(err_code(&forged).is_some(), "LOCK._GRANT on the replica: {}", render(&forged));
+
+        assert_eq!(held(r, "ro:k").lease_fields(), before.lease_fields());
+        assert!(!exists(r, "ro:other"));
+        assert_eq!(dbsize(r), 1);
+        pair.wait_for_offset();
+        assert_same(&pair, "ro:k");
+        assert!(!exists(p, "ro:other"));
+        let rs = lw_stats(r);
+        assert_eq!((rs["acquires_granted"], rs["releases"], rs["extends"]), (0, 0, 0));
+        assert_eq!(rs["token_high_water"], t);
+    }
+
+    /// Only the primary expires: with the primary frozen, the replica keeps
+    /// the key past its deadline (though reads see it free); once the
+    /// primary runs again its expiry reaches the replica as a DEL.
+    fn only_the_primary_expires(flavor: Flavor) {
+        let pair = ReplicaPair::start(flavor, |b| b);
+        let (p, r) = (&pair.primary, &pair.replica);
+        acquire_ok(p, "exp:k", "alice", 3000);
+        pair.wait_for_offset();
+        let info = assert_same(&pair, "exp:k");
+        let deadline = info.acquired_at + 3000;
+
+        p.pause();
+        while now_ms() <= deadline + 300 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let replica_keys = dbsize(r);
+        let replica_view = r.cmd(&["LOCK.INFO", "exp:k"]);
+        p.resume();
+        assert_eq!(replica_keys, 1, "the replica deleted an expired lock on its own");
+        assert_eq!(parse_lock_info(&replica_view), None, "an expired lease is free on the replica too");
+
+        // The primary's expiry reaches the replica.
+        p.wait_for(TIMEOUT, |p| dbsize(p) == 0);
+        r.wait_for(TIMEOUT, |r| dbsize(r) == 0);
+        assert_eq!(stat(p, "expired_while_held"), 1);
+        assert_eq!(stat(r, "expired_while_held"), 0, "replicas do not count expirations");
+
+        // Without a freeze too.
+        acquire_ok(p, "exp:k2", "bob", 200);
+        r.wait_for(TIMEOUT, |r| dbsize(r) == 0);
+        p.wait_for(TIMEOUT, |p| stat(p, "expired_while_held") == 2);
+    }
+
+    /// LOCK._GRANT from a normal client (plain, in MULTI, from a script) is
+    /// refused with ERR and changes nothing on the primary or the replica;
+    /// its token is not observed.
+    fn grant_from_client_is_refused(flavor: Flavor) {
+        let pair = ReplicaPair::start(flavor, |b| b);
+        let (p, r) = (&pair.primary, &pair.replica);
+        let t = acquire_ok(p, "g:k", "alice", 30000);
+        pair.wait_for_offset();
+        let before = assert_same(&pair, "g:k");
+        let deadline = (now_ms() + 60000).to_string();
+        let now = now_ms().to_string();
+        let forged_token = (t + 1_000_000_000).to_string();
+        // The documented form (token:deadline:acquired-at:extensions:session),
+        // the former one, and malformed ones.
+        let fields = format!("{forged_token}:{deadline}:{now}:0:0");
+        let session = format!("{forged_token}:{deadline}:{now}:0:1");
+        for args in [
+            vec!["LOCK._GRANT", "g:k", "mallory", &fields],
+            vec!["LOCK._GRANT", "g:k", "alice", &fields],
+            vec!["LOCK._GRANT", "g:new", "mallory", &fields],
+            vec!["LOCK._GRANT", "g:new", "mallory", &session],
+            vec!["LOCK._GRANT", "g:new", "mallory", &forged_token, &deadline, &now, "0"],
+            vec!["LOCK._GRANT", "g:new", "mallory"],
+            vec!["LOCK._GRANT", "g:new"],
+        ] {
+            assert_err(&p.cmd(&args), "ERR", &format!("{args:?}"));
+        }
+        let mut c = p.client();
+        assert_eq!(req(&mut c, &["MULTI"]), Value::Okay);
+        req(&mut c, &["LOCK._GRANT", "g:new", "mallory", &fields]);
+        let exec = req(&mut c, &["EXEC"]);
+        let refused_in_multi = match &exec {
+            Value::Array(items) => items.len() == 1 && err_code(&items[0]).is_some(),
+            other => err_code(other).is_some(),
+        };
+        assert!(refused_in_multi, "LOCK._GRANT in MULTI: {}", render(&exec));
+        let script = "return redis.call('LOCK._GRANT', KEYS[1], 'mallory', ARGV[1])";
+        let eval = req(&mut c, &["EVAL", script, "1", "g:new", &fields]);
+        assert!(err_code(&eval).is_some(), "LOCK._GRANT from a script: {}", render(&eval));
+
+        assert_eq!(held(p, "g:k").lease_fields(), before.lease_fields());
+        assert!(!exists(p, "g:new"));
+        assert_eq!(stat(p, "token_high_water"), t, "a forged token was observed");
+        pair.wait_for_offset();
+        assert_same(&pair, "g:k");
+        assert!(!exists(r, "g:new"));
+        assert_eq!(dbsize(r), 1);
+        assert_eq!(stat(r, "token_high_water"), t);
+        assert!(acquire_ok(p, "g:new", "bob", 1000) < t + 1_000_000_000);
+    }
+
+    /// After promotion, the promoted replica knows every token the old
+    /// primary issued, issues larger ones, and the old holder can extend
+    /// and release on it.
+    fn promoted_replica_issues_larger_tokens(flavor: Flavor) {
+        let pair = ReplicaPair::start(flavor, |b| b);
+        let (p, r) = (&pair.primary, &pair.replica);
+        let t_held = acquire_ok(p, "f:held", "alice", 60000);
+        let mut tokens = vec![t_held];
+        for _ in 0..50 {
+            tokens.push(acquire_ok(p, "f:k", "bob", 60000));
+            release_ok(p, "f:k", "bob");
+        }
+        let max_old = *tokens.last().unwrap();
+        assert_eq!(stat(p, "token_high_water"), max_old);
+        pair.wait_for_offset();
+        assert_eq!(stat(r, "token_high_water"), max_old, "the replica saw every grant");
+        let before = assert_same(&pair, "f:held");
+
+        pair.promote();
+        assert_eq!(r.role(), "master");
+        let after = held(r, "f:held");
+        assert_eq!(after.lease_fields(), before.lease_fields());
+        assert_eq!(acquire(r, "f:held", "mallory", 1000), None);
+        let t_new = acquire_ok(r, "f:k", "carol", 60000);
+        assert!(t_new > max_old, "promoted node issued {t_new} <= {max_old}");
+        release_ok(r, "f:k", "carol");
+        let fence = t_held.to_string();
+        assert_eq!(r.cmd(&["LOCK.EXTEND", "f:held", "alice", "60000", "FENCE", &fence]), Value::Int(60000));
+        assert_eq!(held(r, "f:held").extensions, 1);
+        assert_eq!(r.cmd(&["LOCK.RELEASE", "f:held", "alice", "FENCE", &fence]), Value::Int(1));
+        let t_next = acquire_ok(r, "f:held", "dave", 60000);
+        assert!(t_next > t_new);
+
+        // The promoted node expires leases and counts them.
+        acquire_ok(r, "f:short", "erin", 100);
+        r.wait_for(TIMEOUT, |r| stat(r, "expired_while_held") == 1);
+    }
+
+    /// A replica that attaches later gets the locks and the token
+    /// high-water mark through the full sync (RDB aux), even a mark above
+    /// its clock left by a released lock; once promoted, it issues larger
+    /// tokens.
+    fn full_sync_carries_locks_and_high_water(flavor: Flavor) {
+        let ahead = token_from_a_day_ahead();
+        let payload = dump_with_token(flavor, "fs:gone", ahead);
+        let p = Server::start(flavor);
+        let mut c = p.client();
+        assert_eq!(req_bytes(&mut c, &[b"RESTORE", b"fs:gone", b"60000", &payload]), Value::Okay);
+        assert_eq!(p.cmd(&["LOCK.RELEASE", "fs:gone", "alice", "FENCE", &ahead.to_string()]), Value::Int(1));
+        let t_held = acquire_ok(&p, "fs:held", "bob", 60000);
+        assert!(t_held > ahead as i64);
+        p.cmd(&["LOCK.EXTEND", "fs:held", "bob", "60000"]);
+        let hw = stat(&p, "token_high_water");
+
+        let r = Server::builder(flavor)
+            .raw_args(["--replicaof", "127.0.0.1", &p.port().to_string()])
+            .start();
+        wait_for_sync(&p, &r);
+        assert_eq!(stat(&r, "token_high_water"), hw, "high-water mark through the full sync");
+        assert_eq!(digest(&p, "fs:held"), digest(&r, "fs:held"));
+        assert_eq!(held(&r, "fs:held").lease_fields(), held(&p, "fs:held").lease_fields());
+        assert_eq!(stat(&r, "locks_held"), 1);
+
+        assert_eq!(r.cmd_text(&["REPLICAOF", "NO", "ONE"]), "OK");
+        r.wait_for(TIMEOUT, |r| r.role() == "master");
+        let t = acquire_ok(&r, "fs:gone", "carol", 1000);
+        assert!(t > hw, "promoted replica issued {t} <= {hw}");
+        assert_eq!(r.cmd(&["LOCK.RELEASE", "fs:held", "bob", "FENCE", &t_held.to_string()]), Value::Int(1));
+    }
+
+    /// Lock commands inside MULTI/EXEC and Lua scripts replicate their
+    /// effects; WAIT does not block there.
+    fn transactions_and_scripts_replicate(flavor: Flavor) {
+        let pair = ReplicaPair::start(flavor, |b| b);
+        let (p, r) = (&pair.primary, &pair.replica);
+        let mut c = p.client();
+        assert_eq!(req(&mut c, &["MULTI"]), Value::Okay);
+        req(&mut c, &["LOCK.ACQUIRE", "m:k", "alice", "30000"]);
+        req(&mut c, &["LOCK.EXTEND", "m:k", "alice", "40000"]);
+        req(&mut c, &["LOCK.ACQUIRE", "m:k", "carol", "1000", "WAIT", "0"]);
+        let exec = req(&mut c, &["EXEC"]);
+        let Value::Array(items) = &exec else { panic!("EXEC: {}", render(&exec)) };
+        let (t, _) = parse_grant(&items[0]).expect("granted in MULTI");
+        assert_eq!(items[1], Value::Int(40000));
+        assert_eq!(items[2], Value::Nil, "WAIT inside MULTI does not block");
+        pair.wait_for_offset();
+        let info = assert_same(&pair, "m:k");
+        assert_eq!((info.token, info.extensions), (t, 1));
+
+        // Lua turns integer replies into doubles (tokens are above 2^53), so
+        // the script reports success and LOCK.INFO the exact token.
+        let script = "local g = redis.call('LOCK.ACQUIRE', KEYS[1], ARGV[1], '30000') \
+                      redis.call('LOCK.EXTEND', KEYS[1], ARGV[1], '20000') \
+                      if g then return 'granted' end return 'contended'";
+        let reply = req(&mut c, &["EVAL", script, "1", "m:s", "bob"]);
+        assert_eq!(render(&reply), "granted");
+        let ts = held(p, "m:s").token;
+        assert!(ts > t, "token {ts} granted in a script after {t}");
+        let waited = req(&mut c, &["EVAL", "return redis.call('LOCK.ACQUIRE', KEYS[1], 'dave', '1000', 'WAIT', '0')", "1", "m:s"]);
+        assert_eq!(waited, Value::Nil, "WAIT inside a script does not block");
+        pair.wait_for_offset();
+        let info = assert_same(&pair, "m:s");
+        assert_eq!((info.owner.as_slice(), info.token, info.extensions), (&b"bob"[..], ts, 1));
+
+        let release = "return redis.call('LOCK.RELEASE', KEYS[1], ARGV[1])";
+        assert_eq!(req(&mut c, &["EVAL", release, "1", "m:s", "bob"]), Value::Int(1));
+        pair.wait_for_offset();
+        assert!(!exists(r, "m:s"));
+        assert_eq!(dbsize(r), 1);
+        assert_eq!(stat(r, "token_high_water"), stat(p, "token_high_water"));
+    }
+}
