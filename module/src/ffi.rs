@@ -108,7 +108,6 @@ pub fn missing_apis() -> Vec<&'static str> {
         RedisModule_CallReplyStringPtr,
         RedisModule_FreeCallReply,
         RedisModule_GetClientUserNameById,
-        RedisModule_SetCommandInfo,
     )
 }
 
