@@ -263,6 +263,9 @@ pub fn extend(call: &Call) -> Outcome {
         },
     )?;
     let (lease, ttl_ms) = rules::extend(held, &req, cap, &limits, now)?;
+    if let Some(lk) = &queue {
+        waiters::deadline_moved(lk, lease.deadline_ms, now);
+    }
     install(
         call.ctx,
         &mut key,

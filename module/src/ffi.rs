@@ -108,6 +108,7 @@ pub fn missing_apis() -> Vec<&'static str> {
         RedisModule_CallReplyStringPtr,
         RedisModule_FreeCallReply,
         RedisModule_GetClientUserNameById,
+        RedisModule_SetCommandInfo,
     )
 }
 

@@ -24,12 +24,13 @@ mod replicate;
 mod sessions;
 mod state;
 mod stats;
+mod table;
 mod waiters;
 
 use ffi::api;
 use lockwarden_core::policy::PolicySpec;
 use redis_module::raw;
-use std::ffi::{CString, c_int};
+use std::ffi::c_int;
 
 #[cfg(not(test))]
 #[global_allocator]
@@ -37,124 +38,6 @@ static ALLOCATOR: alloc::RedisAllocator = alloc::RedisAllocator;
 
 /// `major * 10000 + minor * 100 + patch`, as `MODULE LIST` shows it.
 const MODULE_VERSION: c_int = 100;
-
-/// Defines the extern "C" entry point of a command handler.
-macro_rules! entry {
-    ($name:ident => $handler:path) => {
-        unsafe extern "C" fn $name(
-            ctx: *mut ffi::Ctx,
-            argv: *mut *mut ffi::RString,
-            argc: c_int,
-        ) -> c_int {
-            commands::run(ctx, argv, argc, $handler)
-        }
-    };
-}
-
-entry!(cmd_acquire => commands::acquire);
-entry!(cmd_release => commands::release);
-entry!(cmd_extend => commands::extend);
-entry!(cmd_info => commands::info);
-entry!(cmd_grant => commands::grant);
-entry!(cmd_high_water => commands::high_water);
-entry!(cmd_list => list::list);
-entry!(cmd_policy_load => policies::load);
-entry!(cmd_policy_unload => policies::unload);
-entry!(cmd_policy_list => policies::list);
-entry!(cmd_policy_eval => policies::eval);
-
-type Entry = unsafe extern "C" fn(*mut ffi::Ctx, *mut *mut ffi::RString, c_int) -> c_int;
-
-/// (name, entry, flags, first key, last key, key step)
-const COMMANDS: &[(&str, Entry, &str, c_int, c_int, c_int)] = &[
-    // May block (WAIT), so not `fast`.
-    (
-        "LOCK.ACQUIRE",
-        cmd_acquire,
-        "write deny-oom blocking",
-        1,
-        1,
-        1,
-    ),
-    ("LOCK.RELEASE", cmd_release, "write fast", 1, 1, 1),
-    ("LOCK.EXTEND", cmd_extend, "write fast", 1, 1, 1),
-    ("LOCK.INFO", cmd_info, "readonly fast", 1, 1, 1),
-    ("LOCK._GRANT", cmd_grant, "write fast no-monitor", 1, 1, 1),
-    (
-        "LOCK._HIGHWATER",
-        cmd_high_water,
-        "write fast no-monitor",
-        0,
-        0,
-        0,
-    ),
-    ("LOCK.LIST", cmd_list, "readonly", 0, 0, 0),
-];
-
-/// `LOCK.POLICY` subcommands: (name, entry, flags). Administrative, and only
-/// LOAD/UNLOAD change (replicated) state.
-const POLICY_SUBCOMMANDS: &[(&str, Entry, &str)] = &[
-    ("LOAD", cmd_policy_load, "admin write deny-oom deny-script"),
-    ("UNLOAD", cmd_policy_unload, "admin write"),
-    ("LIST", cmd_policy_list, "admin readonly"),
-    ("EVAL", cmd_policy_eval, "admin readonly"),
-];
-
-fn cstring(s: &str) -> CString {
-    CString::new(s).expect("no NUL in command tables")
-}
-
-fn register_commands(ctx: *mut ffi::Ctx) -> Result<(), String> {
-    for &(name, entry, flags, first, last, step) in COMMANDS {
-        let (cname, cflags) = (cstring(name), cstring(flags));
-        let rc = api!(
-            RedisModule_CreateCommand,
-            ctx,
-            cname.as_ptr(),
-            Some(entry),
-            cflags.as_ptr(),
-            first,
-            last,
-            step
-        );
-        if rc != raw::REDISMODULE_OK as c_int {
-            return Err(format!("could not create command {name}"));
-        }
-    }
-    // A container command: Redis dispatches to the subcommands.
-    let container = cstring("LOCK.POLICY");
-    let rc = api!(
-        RedisModule_CreateCommand,
-        ctx,
-        container.as_ptr(),
-        None,
-        c"admin".as_ptr(),
-        0,
-        0,
-        0
-    );
-    let parent = api!(RedisModule_GetCommand, ctx, container.as_ptr());
-    if rc != raw::REDISMODULE_OK as c_int || parent.is_null() {
-        return Err("could not create command LOCK.POLICY".into());
-    }
-    for &(name, entry, flags) in POLICY_SUBCOMMANDS {
-        let (cname, cflags) = (cstring(name), cstring(flags));
-        let rc = api!(
-            RedisModule_CreateSubcommand,
-            parent,
-            cname.as_ptr(),
-            Some(entry),
-            cflags.as_ptr(),
-            0,
-            0,
-            0
-        );
-        if rc != raw::REDISMODULE_OK as c_int {
-            return Err(format!("could not create command LOCK.POLICY {name}"));
-        }
-    }
-    Ok(())
-}
 
 /// Applies module load arguments: `name value` pairs naming settings
 /// (`max-ttl-ms 30000`, with or without the `lockwarden.` prefix), or
@@ -242,7 +125,7 @@ fn load(ctx: *mut ffi::Ctx, argv: *mut *mut ffi::RString, argc: c_int) -> Result
     lease_type::LEASE_TYPE
         .create_data_type(ctx)
         .map_err(|e| format!("could not create the lock data type: {e}"))?;
-    register_commands(ctx)?;
+    table::register(ctx)?;
     config::register(ctx)?;
     info::register(ctx)?;
     events::register(ctx)?;

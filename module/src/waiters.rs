@@ -39,7 +39,7 @@ struct Waiter {
     cap: Option<u64>,
     session: bool,
     client_id: u64,
-    since_us: i64,
+    since: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -125,7 +125,7 @@ pub fn block(
         cap,
         session: req.session,
         client_id: api!(RedisModule_GetClientId, ctx),
-        since_us: now_us(),
+        since: std::time::Instant::now(),
     };
     let needs_timer = with(|r| {
         r.blocked.insert(bc as usize, lk.clone());
@@ -136,10 +136,6 @@ pub fn block(
     if needs_timer {
         arm(&lk, holder_deadline_ms + 1 - ffi::command_now_ms());
     }
-}
-
-fn now_us() -> i64 {
-    ffi::wall_now_ms() * 1000
 }
 
 /// Removes a blocked client from its queue; false if it was not queued.
@@ -226,6 +222,12 @@ pub fn schedule(lk: &LockKey) {
     arm(lk, 0);
 }
 
+/// The holder's deadline moved (an extension, shorter or longer): serve
+/// the queue right after the new deadline.
+pub fn deadline_moved(lk: &LockKey, deadline_ms: i64, now_ms: i64) {
+    arm(lk, deadline_ms + 1 - now_ms);
+}
+
 /// Hands the lock `lk` (whose name is `name`, in the context's selected
 /// database) to its first waiter if it is free; otherwise makes sure the
 /// queue's timer fires at the holder's deadline.
@@ -280,7 +282,7 @@ pub fn serve(ctx: *mut Ctx, lk: &LockKey, name: *mut RString) {
                 let token = lease.token;
                 commands::install(ctx, &mut key, lk.db, name, lease, GrantKind::Acquired, now);
                 stats::HANDOFFS.incr();
-                stats::record_wait_us((now_us() - w.since_us).max(0) as u64);
+                stats::record_wait_us(w.since.elapsed().as_micros() as u64);
                 wake(w.bc, Wake::Granted { token, ttl_ms });
                 drop(key);
                 if len(lk) > 0 {

@@ -99,7 +99,8 @@ impl Options {
         }
     }
 
-    /// Block up to `timeout` for the lock (server-side FIFO, no polling).
+    /// Block up to `timeout` for the lock (server-side FIFO, no polling);
+    /// `Duration::ZERO` waits without limit.
     pub fn wait(mut self, timeout: Duration) -> Self {
         self.wait = Some(timeout);
         self
@@ -171,9 +172,9 @@ impl LockClient {
         let mut cmd = redis::cmd("LOCK.ACQUIRE");
         cmd.arg(key).arg(owner).arg(ms(opts.ttl));
         if let Some(wait) = opts.wait {
-            cmd.arg("WAIT").arg(ms(wait));
+            cmd.arg("WAIT").arg(if wait.is_zero() { 0 } else { ms(wait) });
             // The server answers at the latest when the wait ends.
-            conn.set_read_timeout(Some(wait + Duration::from_secs(5)))?;
+            conn.set_read_timeout((!wait.is_zero()).then(|| wait + Duration::from_secs(5)))?;
         }
         if opts.session {
             cmd.arg("SESSION");
@@ -303,7 +304,6 @@ impl Watchdog {
         loss: Loss,
     ) -> Result<Self, Error> {
         let conn = client.get_connection()?;
-        conn.set_read_timeout(Some(ttl))?;
         let (stop, stopped) = bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name(format!("lockwarden-watchdog-{key}"))
@@ -312,24 +312,29 @@ impl Watchdog {
                 let mut lease_end = Instant::now() + ttl;
                 let mut conn = Some(conn);
                 loop {
-                    // Renew early; after a failure, retry sooner.
+                    // Renew early; after a failure, retry sooner. Never wait
+                    // past the end of the lease: that is when it is lost.
+                    let left = lease_end.saturating_duration_since(Instant::now());
                     let pause = if conn.is_some() { period } else { period / 4 };
-                    match stopped.recv_timeout(pause) {
+                    match stopped.recv_timeout(pause.min(left)) {
                         Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
                         Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                     }
-                    if Instant::now() >= lease_end {
+                    let left = lease_end.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
                         loss.signal(LossReason::Expired);
                         return;
                     }
-                    let c = match conn
-                        .take()
-                        .map(Ok)
-                        .unwrap_or_else(|| client.get_connection())
-                    {
+                    // Neither connecting nor waiting for the reply may outlast
+                    // the lease.
+                    let c = match conn.take().map(Ok).unwrap_or_else(|| client.get_connection_with_timeout(left)) {
                         Ok(c) => conn.insert(c),
                         Err(_) => continue,
                     };
+                    if c.set_read_timeout(Some(left)).is_err() {
+                        conn = None;
+                        continue;
+                    }
                     let sent = Instant::now();
                     let reply: Result<u64, RedisError> = redis::cmd("LOCK.EXTEND")
                         .arg(&key)

@@ -109,10 +109,13 @@ fn arity(cmd: &str) -> LockError {
 }
 
 /// Parses a strictly formatted non-negative decimal integer (no sign, no
-/// spaces, at most 19 digits).
+/// spaces, no leading zeros, at most 19 digits).
 pub fn parse_u64(arg: &[u8]) -> Option<u64> {
     if arg.is_empty() || arg.len() > 19 || !arg.iter().all(u8::is_ascii_digit) {
         return None;
+    }
+    if arg.len() > 1 && arg[0] == b'0' {
+        return None; // as Redis: no leading zeros
     }
     std::str::from_utf8(arg).ok()?.parse().ok()
 }
@@ -559,6 +562,8 @@ mod tests {
         assert_eq!(parse_i64(b"-"), None);
         assert_eq!(parse_i64(b"--1"), None);
         assert_eq!(parse_u64(b"18446744073709551615"), None);
+        assert_eq!(parse_u64(b"0"), Some(0));
+        assert_eq!(parse_u64(b"01"), None);
     }
 
     proptest! {
