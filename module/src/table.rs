@@ -11,7 +11,11 @@ use std::ffi::{CStr, c_int};
 /// Defines the extern "C" entry point of a command handler.
 macro_rules! entry {
     ($name:ident => $handler:path) => {
-        unsafe extern "C" fn $name(ctx: *mut ffi::Ctx, argv: *mut *mut ffi::RString, argc: c_int) -> c_int {
+        unsafe extern "C" fn $name(
+            ctx: *mut ffi::Ctx,
+            argv: *mut *mut ffi::RString,
+            argc: c_int,
+        ) -> c_int {
             commands::run(ctx, argv, argc, $handler)
         }
     };
@@ -49,7 +53,6 @@ const RW: u32 = raw::REDISMODULE_CMD_KEY_RW;
 const RO: u32 = raw::REDISMODULE_CMD_KEY_RO;
 const ACCESS: u32 = raw::REDISMODULE_CMD_KEY_ACCESS;
 const UPDATE: u32 = raw::REDISMODULE_CMD_KEY_UPDATE;
-const INSERT: u32 = raw::REDISMODULE_CMD_KEY_INSERT;
 const DELETE: u32 = raw::REDISMODULE_CMD_KEY_DELETE;
 
 const COMMANDS: &[Spec] = &[
@@ -59,7 +62,7 @@ const COMMANDS: &[Spec] = &[
         // May block (WAIT), so not `fast`.
         flags: c"write deny-oom blocking",
         arity: -4,
-        key: Some(RW | ACCESS | INSERT | UPDATE),
+        key: Some(RW | ACCESS | UPDATE),
         summary: c"Acquires a lock: returns [fencing token, granted TTL], or nil when another owner holds it. WAIT blocks until granted; SESSION ties it to the connection.",
         complexity: c"O(1) plus the loaded policies",
     },
@@ -95,7 +98,7 @@ const COMMANDS: &[Spec] = &[
         entry: cmd_grant,
         flags: c"write fast no-monitor",
         arity: 4,
-        key: Some(RW | INSERT | UPDATE),
+        key: Some(RW | UPDATE),
         summary: c"Internal: applies a grant decided by the primary (replication and AOF only).",
         complexity: c"O(1)",
     },
@@ -189,18 +192,30 @@ fn set_info(command: *mut raw::RedisModuleCommand, spec: &Spec) -> Result<(), St
     info.complexity = spec.complexity.as_ptr();
     info.since = c"0.1.0".as_ptr();
     info.arity = spec.arity;
-    info.key_specs = keys.as_mut().map_or(std::ptr::null_mut(), |k| k.as_mut_ptr());
+    info.key_specs = keys
+        .as_mut()
+        .map_or(std::ptr::null_mut(), |k| k.as_mut_ptr());
     // Redis copies everything it keeps.
     if api!(RedisModule_SetCommandInfo, command, &info) == raw::REDISMODULE_OK as c_int {
         Ok(())
     } else {
-        Err(format!("invalid command info for {}", spec.name.to_string_lossy()))
+        Err(format!(
+            "invalid command info for {}",
+            spec.name.to_string_lossy()
+        ))
     }
 }
 
-fn created(rc: c_int, command: *mut raw::RedisModuleCommand, name: &CStr) -> Result<*mut raw::RedisModuleCommand, String> {
+fn created(
+    rc: c_int,
+    command: *mut raw::RedisModuleCommand,
+    name: &CStr,
+) -> Result<*mut raw::RedisModuleCommand, String> {
     if rc != raw::REDISMODULE_OK as c_int || command.is_null() {
-        return Err(format!("could not create command {}", name.to_string_lossy()));
+        return Err(format!(
+            "could not create command {}",
+            name.to_string_lossy()
+        ));
     }
     Ok(command)
 }
@@ -210,19 +225,64 @@ fn created(rc: c_int, command: *mut raw::RedisModuleCommand, name: &CStr) -> Res
 pub fn register(ctx: *mut ffi::Ctx) -> Result<(), String> {
     for spec in COMMANDS {
         let (first, last) = if spec.key.is_some() { (1, 1) } else { (0, 0) };
-        let rc = api!(RedisModule_CreateCommand, ctx, spec.name.as_ptr(), Some(spec.entry), spec.flags.as_ptr(), first, last, first);
-        let command = created(rc, api!(RedisModule_GetCommand, ctx, spec.name.as_ptr()), spec.name)?;
-        set_info(command, spec)?;
+        let rc = api!(
+            RedisModule_CreateCommand,
+            ctx,
+            spec.name.as_ptr(),
+            Some(spec.entry),
+            spec.flags.as_ptr(),
+            first,
+            last,
+            first
+        );
+        let command = created(
+            rc,
+            api!(RedisModule_GetCommand, ctx, spec.name.as_ptr()),
+            spec.name,
+        )?;
+        // Documentation and finer ACL checks: worth a warning, not a failed load.
+        if let Err(e) = set_info(command, spec) {
+            tracing::warn!("{e}");
+        }
     }
     // A container command: Redis dispatches to the subcommands.
-    let rc = api!(RedisModule_CreateCommand, ctx, c"LOCK.POLICY".as_ptr(), None, c"admin".as_ptr(), 0, 0, 0);
-    let parent = created(rc, api!(RedisModule_GetCommand, ctx, c"LOCK.POLICY".as_ptr()), c"LOCK.POLICY")?;
+    let rc = api!(
+        RedisModule_CreateCommand,
+        ctx,
+        c"LOCK.POLICY".as_ptr(),
+        None,
+        c"admin".as_ptr(),
+        0,
+        0,
+        0
+    );
+    let parent = created(
+        rc,
+        api!(RedisModule_GetCommand, ctx, c"LOCK.POLICY".as_ptr()),
+        c"LOCK.POLICY",
+    )?;
     for spec in POLICY_SUBCOMMANDS {
-        let rc = api!(RedisModule_CreateSubcommand, parent, spec.name.as_ptr(), Some(spec.entry), spec.flags.as_ptr(), 0, 0, 0);
+        let rc = api!(
+            RedisModule_CreateSubcommand,
+            parent,
+            spec.name.as_ptr(),
+            Some(spec.entry),
+            spec.flags.as_ptr(),
+            0,
+            0,
+            0
+        );
         let full = format!("LOCK.POLICY|{}", spec.name.to_string_lossy());
         let full = std::ffi::CString::new(full).expect("no NUL");
-        let command = created(rc, api!(RedisModule_GetCommand, ctx, full.as_ptr()), spec.name)?;
-        set_info(command, spec)?;
+        let command = created(
+            rc,
+            api!(RedisModule_GetCommand, ctx, full.as_ptr()),
+            spec.name,
+        )?;
+        // Documentation and finer ACL checks: worth a warning, not a failed load.
+        if let Err(e) = set_info(command, spec) {
+            tracing::warn!("{e}");
+        }
     }
     Ok(())
 }
