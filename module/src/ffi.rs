@@ -163,7 +163,9 @@ impl OwnedString {
 
     /// Takes ownership of a string Redis returned (NULL → `None`).
     pub fn adopt(ptr: *mut RString) -> Option<Self> {
-        (!ptr.is_null()).then_some(OwnedString { ptr })
+        // `then`, not `then_some`: a NULL must never become an OwnedString
+        // (dropping it would free NULL).
+        (!ptr.is_null()).then(|| OwnedString { ptr })
     }
 
     pub fn raw(&self) -> *mut RString {

@@ -140,19 +140,24 @@ pub fn load(call: &Call) -> Result<(), LockError> {
         wasm: req.wasm.to_vec(),
     };
     let replace = req.replace;
-    // Re-sent unchanged (replication after an AOF rewrite, a retried call):
-    // nothing to do.
-    if replace && with(|r| r.specs().any(|s| *s == spec)) {
+    // Re-sent unchanged (replication after an AOF rewrite, a retried call)
+    // and working: nothing to do. A broken instance is rebuilt by loading.
+    if replace && with(|r| installed_and_working(r, &spec)) {
         api!(RedisModule_ReplicateVerbatim, call.ctx);
         reply::ok(call.ctx);
         return Ok(());
     }
-    let inline =
-        call.flags() & (ffi::CTX_REPLICATED | ffi::CTX_LOADING | ffi::CTX_NO_BLOCKING) != 0;
+    let flags = call.flags();
+    // The primary already accepted what it replicates: a replica or the AOF
+    // loader must not diverge because its own size limit differs.
+    let max = if flags & (ffi::CTX_REPLICATED | ffi::CTX_LOADING) != 0 {
+        usize::MAX
+    } else {
+        max_module_bytes()
+    };
+    let inline = flags & (ffi::CTX_REPLICATED | ffi::CTX_LOADING | ffi::CTX_NO_BLOCKING) != 0;
     if inline {
-        let compiled = engine()
-            .compile(spec, max_module_bytes(), limits())
-            .map_err(load_error);
+        let compiled = engine().compile(spec, max, limits()).map_err(load_error);
         return finish_load(call.ctx, compiled, replace);
     }
     let bc = api!(
@@ -167,7 +172,7 @@ pub fn load(call: &Call) -> Result<(), LockError> {
         bc: bc as usize,
         replace,
     };
-    let (limits, max) = (limits(), max_module_bytes());
+    let limits = limits();
     let spawned = std::thread::Builder::new()
         .name("lockwarden-compile".into())
         .spawn(move || {
@@ -184,6 +189,14 @@ pub fn load(call: &Call) -> Result<(), LockError> {
         ))));
     }
     Ok(())
+}
+
+/// Is exactly `spec` installed, with a working instance?
+fn installed_and_working(r: &Registry, spec: &PolicySpec) -> bool {
+    r.specs().any(|s| s == spec)
+        && r.list()
+            .iter()
+            .any(|p| p.name == spec.name && p.broken.is_none())
 }
 
 /// A load compiling on a background thread; the blocked client is a pointer
@@ -376,7 +389,16 @@ pub fn eval(call: &Call) -> Result<(), LockError> {
         .as_ref()
         .map_or(&[][..], |u| unsafe { ffi::bytes(u.raw()) });
     let name = String::from_utf8_lossy(req.name);
-    let decision = with(|r| r.dry_run(&name, &request(&ask, client_id, user_bytes), limits()))?;
+    // A failing dry run is answered as an error but not counted with the
+    // failures of real commands (INFO policy_failures).
+    let decision = match with(|r| r.dry_run(&name, &request(&ask, client_id, user_bytes), limits()))
+    {
+        Ok(d) => d,
+        Err(e) => {
+            reply::error(call.ctx, &e.to_string());
+            return Ok(());
+        }
+    };
     let text = match decision {
         Decision::Allow => "allow".to_string(),
         Decision::Deny(reason) => format!("deny {reason}"),
@@ -391,13 +413,28 @@ pub fn encoded() -> Vec<u8> {
     with(|r| encode_specs(r.specs()))
 }
 
-/// Installs the policies saved in an RDB (replacing same-named ones).
+/// Makes the policies saved in an RDB the node's policies: the dataset is
+/// being replaced (restart, `DEBUG RELOAD`, full resync from a primary), so
+/// policies it does not contain are unloaded, except the one the module
+/// arguments load at start-up, which is configuration, not data.
 /// A policy that cannot be compiled any more is logged and skipped: the
 /// server still starts, loudly.
 pub fn restore(bytes: &[u8]) -> Result<(), String> {
-    for spec in decode_specs(bytes)? {
+    let specs = decode_specs(bytes)?;
+    let startup = STARTUP_POLICY.get().borrow().clone();
+    let stale: Vec<String> = with(|r| {
+        r.specs()
+            .map(|s| s.name.clone())
+            .filter(|n| !specs.iter().any(|s| s.name == *n) && Some(n) != startup.as_ref())
+            .collect()
+    });
+    for name in stale {
+        with(|r| r.unload(&name));
+        tracing::info!("policy {name} unloaded: not in the loaded dataset");
+    }
+    for spec in specs {
         let name = spec.name.clone();
-        if with(|r| r.specs().any(|s| *s == spec)) {
+        if with(|r| installed_and_working(r, &spec)) {
             continue;
         }
         match engine().compile(spec, usize::MAX, limits()) {
@@ -414,9 +451,13 @@ pub fn restore(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The name of the policy the module arguments loaded, if any.
+static STARTUP_POLICY: MainThread<RefCell<Option<String>>> = MainThread::new(RefCell::new(None));
+
 /// Loads the policy named by module arguments at start-up.
 pub fn load_at_startup(spec: PolicySpec) -> Result<(), String> {
     let name = spec.name.clone();
+    *STARTUP_POLICY.get().borrow_mut() = Some(name.clone());
     let policy = engine()
         .compile(spec, max_module_bytes(), limits())
         .map_err(|e| format!("policy {name}: {e}"))?;

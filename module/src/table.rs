@@ -47,6 +47,8 @@ struct Spec {
     key: Option<u32>,
     summary: &'static CStr,
     complexity: &'static CStr,
+    /// ACL categories beyond the implicit ones, where the server supports it.
+    acl: Option<&'static CStr>,
 }
 
 const RW: u32 = raw::REDISMODULE_CMD_KEY_RW;
@@ -65,6 +67,7 @@ const COMMANDS: &[Spec] = &[
         key: Some(RW | ACCESS | UPDATE),
         summary: c"Acquires a lock: returns [fencing token, granted TTL], or nil when another owner holds it. WAIT blocks until granted; SESSION ties it to the connection.",
         complexity: c"O(1) plus the loaded policies",
+        acl: None,
     },
     Spec {
         name: c"LOCK.RELEASE",
@@ -74,6 +77,7 @@ const COMMANDS: &[Spec] = &[
         key: Some(RW | DELETE),
         summary: c"Releases a lock held by owner (and FENCE token): 1, or NOTHELD / NOTOWNER.",
         complexity: c"O(1) plus the loaded policies",
+        acl: None,
     },
     Spec {
         name: c"LOCK.EXTEND",
@@ -83,6 +87,7 @@ const COMMANDS: &[Spec] = &[
         key: Some(RW | UPDATE),
         summary: c"Extends the lease of a lock held by owner: the granted TTL, or NOTHELD / NOTOWNER.",
         complexity: c"O(1) plus the loaded policies",
+        acl: None,
     },
     Spec {
         name: c"LOCK.INFO",
@@ -92,6 +97,7 @@ const COMMANDS: &[Spec] = &[
         key: Some(RO | ACCESS),
         summary: c"Describes the holder of a lock (owner, token, ttl, held, waiters, ...), or nil when free.",
         complexity: c"O(1)",
+        acl: None,
     },
     Spec {
         name: c"LOCK._GRANT",
@@ -101,6 +107,7 @@ const COMMANDS: &[Spec] = &[
         key: Some(RW | UPDATE),
         summary: c"Internal: applies a grant decided by the primary (replication and AOF only).",
         complexity: c"O(1)",
+        acl: None,
     },
     Spec {
         name: c"LOCK._HIGHWATER",
@@ -110,6 +117,7 @@ const COMMANDS: &[Spec] = &[
         key: None,
         summary: c"Internal: raises the fencing-token high-water mark (replication and AOF only).",
         complexity: c"O(1)",
+        acl: None,
     },
     Spec {
         name: c"LOCK.LIST",
@@ -119,6 +127,7 @@ const COMMANDS: &[Spec] = &[
         key: None,
         summary: c"One bounded scan step over the locks of the current database, optionally only those held longer than HELDMORE ms.",
         complexity: c"O(COUNT)",
+        acl: None,
     },
 ];
 
@@ -131,6 +140,7 @@ const POLICY_SUBCOMMANDS: &[Spec] = &[
         key: None,
         summary: c"Compiles and loads a Wasm lock policy: LOAD name [KEYS glob] [MODE enforce|audit] [CONFIG settings] [REPLACE] WASM bytes.",
         complexity: c"O(module size), compiled off the main thread",
+        acl: Some(c"admin dangerous"),
     },
     Spec {
         name: c"UNLOAD",
@@ -140,6 +150,7 @@ const POLICY_SUBCOMMANDS: &[Spec] = &[
         key: None,
         summary: c"Unloads a lock policy.",
         complexity: c"O(number of policies)",
+        acl: Some(c"admin dangerous"),
     },
     Spec {
         name: c"LIST",
@@ -149,6 +160,7 @@ const POLICY_SUBCOMMANDS: &[Spec] = &[
         key: None,
         summary: c"Lists the loaded lock policies with their counters.",
         complexity: c"O(number of policies)",
+        acl: Some(c"admin dangerous"),
     },
     Spec {
         name: c"EVAL",
@@ -158,6 +170,7 @@ const POLICY_SUBCOMMANDS: &[Spec] = &[
         key: None,
         summary: c"Dry run of one policy: EVAL name ACQUIRE|EXTEND|RELEASE key owner ttl-ms.",
         complexity: c"O(1) plus the policy",
+        acl: Some(c"admin dangerous"),
     },
 ];
 
@@ -196,14 +209,28 @@ fn set_info(command: *mut raw::RedisModuleCommand, spec: &Spec) -> Result<(), St
         .as_mut()
         .map_or(std::ptr::null_mut(), |k| k.as_mut_ptr());
     // Redis copies everything it keeps.
-    if api!(RedisModule_SetCommandInfo, command, &info) == raw::REDISMODULE_OK as c_int {
-        Ok(())
-    } else {
-        Err(format!(
+    if api!(RedisModule_SetCommandInfo, command, &info) != raw::REDISMODULE_OK as c_int {
+        return Err(format!(
             "invalid command info for {}",
             spec.name.to_string_lossy()
-        ))
+        ));
     }
+    // ACL categories for module commands exist from Redis 7.2 / Valkey 7.2;
+    // on Redis 7.0 deny LOCK.POLICY by name (see the README's ACL recipe).
+    // SAFETY: reading a function pointer set by RedisModule_Init.
+    if let (Some(set_categories), Some(categories)) = (
+        unsafe { raw::RedisModule_SetCommandACLCategories },
+        spec.acl,
+    ) {
+        // SAFETY: a valid command and a NUL-terminated category list.
+        if unsafe { set_categories(command, categories.as_ptr()) } != raw::REDISMODULE_OK as c_int {
+            return Err(format!(
+                "invalid ACL categories for {}",
+                spec.name.to_string_lossy()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn created(

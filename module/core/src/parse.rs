@@ -315,18 +315,18 @@ pub fn list<'a>(args: &[&'a [u8]]) -> Result<List<'a>, LockError> {
 /// Parses `LOCK.POLICY LOAD` arguments (after `LOAD`). `WASM` comes last and
 /// takes the rest: exactly one argument.
 pub fn policy_load<'a>(args: &[&'a [u8]]) -> Result<PolicyLoad<'a>, LockError> {
-    let Some(wasm_at) = args.iter().position(|a| a.eq_ignore_ascii_case(b"WASM")) else {
-        return Err(LockError::syntax(
-            "LOCK.POLICY LOAD needs WASM <bytes> as its last argument",
-        ));
+    // WASM is the second-to-last word, so a name, glob or setting that
+    // happens to be "wasm" is not mistaken for it.
+    let needs_wasm =
+        || LockError::syntax("LOCK.POLICY LOAD needs WASM <bytes> as its last argument");
+    let [head @ .., marker, wasm] = args else {
+        return Err(needs_wasm());
     };
-    let [name, options @ ..] = &args[..wasm_at] else {
+    if !marker.eq_ignore_ascii_case(b"WASM") {
+        return Err(needs_wasm());
+    }
+    let [name, options @ ..] = head else {
         return Err(arity("lock.policy|load"));
-    };
-    let [wasm] = &args[wasm_at + 1..] else {
-        return Err(LockError::syntax(
-            "WASM must be followed by exactly one argument: the module",
-        ));
     };
     let mut req = PolicyLoad {
         name,
@@ -534,6 +534,11 @@ mod tests {
         assert!(policy_load(&a(&["WASM", "x"])).is_err());
         assert!(policy_load(&a(&["p", "WASM"])).is_err());
         assert!(policy_load(&a(&["p", "WASM", "x", "y"])).is_err());
+        let l = policy_load(&a(&["wasm", "KEYS", "wasm", "WASM", "x"])).unwrap();
+        assert_eq!(
+            (l.name, l.keys, l.wasm),
+            (&b"wasm"[..], &b"wasm"[..], &b"x"[..])
+        );
         assert!(policy_load(&a(&["p", "MODE", "maybe", "WASM", "x"])).is_err());
         assert!(policy_load(&a(&["p", "NOPE", "WASM", "x"])).is_err());
     }

@@ -1,0 +1,404 @@
+//! Session locks (`LOCK.ACQUIRE ... SESSION`): released as soon as the
+//! acquiring connection closes, bounded by their TTL, never releasing a lock
+//! that changed hands; non-session locks outlive their connection.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use lockwarden_tests::redis::{self, Connection, ConnectionLike, Value};
+use lockwarden_tests::*;
+
+/// `LOCK.INFO key` as `field -> rendered value`, `None` when free.
+fn lock_info(server: &Server, key: &str) -> Option<HashMap<String, String>> {
+    match server.cmd(&["LOCK.INFO", key]) {
+        Value::Nil => None,
+        Value::Array(items) => {
+            assert_eq!(items.len() % 2, 0, "LOCK.INFO {key}: odd reply");
+            Some(
+                items
+                    .chunks(2)
+                    .map(|p| (render(&p[0]), render(&p[1])))
+                    .collect(),
+            )
+        }
+        Value::Map(pairs) => Some(pairs.iter().map(|(k, v)| (render(k), render(v))).collect()),
+        other => panic!("LOCK.INFO {key}: unexpected reply {}", render(&other)),
+    }
+}
+
+fn info_field(server: &Server, key: &str, name: &str) -> i64 {
+    let info = lock_info(server, key).unwrap_or_else(|| panic!("LOCK.INFO {key}: lock is free"));
+    let v = info
+        .get(name)
+        .unwrap_or_else(|| panic!("LOCK.INFO {key} has no {name}: {info:?}"));
+    v.parse()
+        .unwrap_or_else(|_| panic!("LOCK.INFO {key} {name} = {v:?}"))
+}
+
+fn owner_of(server: &Server, key: &str) -> Option<String> {
+    lock_info(server, key).map(|i| i["owner"].clone())
+}
+
+/// `INFO lockwarden` as numbers, without the `lockwarden_` prefix.
+fn stats(server: &Server) -> HashMap<String, u64> {
+    server
+        .info("lockwarden")
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let name = k.strip_prefix("lockwarden_")?.to_string();
+            Some((name, v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn grant(v: &Value) -> Option<(u64, u64)> {
+    match v {
+        Value::Nil => None,
+        Value::Array(items) if items.len() == 2 => match (&items[0], &items[1]) {
+            (Value::Int(t), Value::Int(ttl)) if *t > 0 && *ttl > 0 => {
+                Some((*t as u64, *ttl as u64))
+            }
+            _ => panic!("not a grant: {}", render(v)),
+        },
+        other => panic!("not a grant or nil: {}", render(other)),
+    }
+}
+
+/// Runs one command on `conn`; server errors come back as values.
+fn run(conn: &mut Connection, args: &[&str]) -> Value {
+    let mut cmd = redis::Cmd::new();
+    for a in args {
+        cmd.arg(*a);
+    }
+    conn.req_command(&cmd)
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn client_id(conn: &mut Connection) -> i64 {
+    match run(conn, &["CLIENT", "ID"]) {
+        Value::Int(id) => id,
+        other => panic!("CLIENT ID: {}", render(&other)),
+    }
+}
+
+/// The lw-client's `CLIENT ID` and grant, for `LOCK.ACQUIRE ...` run by a
+/// held process.
+fn held_client(server: &Server, acquire: &str) -> (ClientProcess, i64, (u64, u64)) {
+    let mut p = spawn_client(server.port(), &["CLIENT ID", acquire], true);
+    let lines = p.lines(2);
+    let id: i64 = lines[0].parse().expect("CLIENT ID");
+    let (token, ttl) = parse_grant_line(&lines[1]);
+    (p, id, (token, ttl))
+}
+
+/// `[token ttl]` as printed by lw-client.
+fn parse_grant_line(line: &str) -> (u64, u64) {
+    let inner = line
+        .strip_prefix('[')
+        .and_then(|l| l.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("not a grant: {line}"));
+    let mut it = inner.split(' ').map(|n| n.parse::<u64>().expect("number"));
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+/// Waits until `key` is free and returns how long that took.
+fn wait_gone(server: &Server, key: &str, since: Instant) -> Duration {
+    wait_until(&format!("{key} released"), TIMEOUT, || {
+        server.cmd_text(&["EXISTS", key]) == "0"
+    });
+    since.elapsed()
+}
+
+for_each_flavor! {
+    /// QUIT of the acquiring connection releases a session lock at once.
+    fn released_on_quit(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let before = stats(&server);
+        let mut conn = server.client();
+        let id = client_id(&mut conn);
+        let g = grant(&run(&mut conn, &["LOCK.ACQUIRE", "s", "me", "60000", "SESSION"])).expect("granted");
+        let info = lock_info(&server, "s").expect("held");
+        assert_eq!(info["owner"], "me");
+        assert_eq!(info["token"], g.0.to_string());
+        assert_eq!(info["session"], "1");
+        assert_eq!(info["client-id"], id.to_string());
+        assert_eq!(info["client-connected"], "1");
+        // Another connection's commands do not end the session.
+        assert_eq!(server.cmd_text(&["PING"]), "PONG");
+        assert_eq!(info_field(&server, "s", "session"), 1);
+
+        assert_eq!(render(&run(&mut conn, &["QUIT"])), "OK");
+        let quit_at = Instant::now();
+        drop(conn);
+        let took = wait_gone(&server, "s", quit_at);
+        assert!(took < Duration::from_secs(2), "released {took:?} after QUIT");
+        assert_eq!(lock_info(&server, "s"), None);
+        let after = stats(&server);
+        assert_eq!(after["session_releases"] - before["session_releases"], 1);
+        assert_eq!(after["expired_while_held"], before["expired_while_held"]);
+        assert_eq!(after["deleted_while_held"], before["deleted_while_held"]);
+        assert_eq!(after["locks_held"], 0);
+    }
+
+    /// kill -9 of the process holding a session lock releases it at once,
+    /// long before its TTL; several session locks of one connection go
+    /// together, other connections' locks stay.
+    fn released_on_kill9(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let before = stats(&server);
+        let mut p = spawn_client(
+            server.port(),
+            &[
+                "CLIENT ID",
+                "LOCK.ACQUIRE a me 60000 SESSION",
+                "LOCK.ACQUIRE b me 60000 SESSION",
+                "LOCK.ACQUIRE c me 60000",
+            ],
+            true,
+        );
+        let lines = p.lines(4);
+        let id = &lines[0];
+        for (key, line) in [("a", &lines[1]), ("b", &lines[2]), ("c", &lines[3])] {
+            parse_grant_line(line);
+            assert_eq!(lock_info(&server, key).unwrap()["client-id"], *id);
+            assert_eq!(info_field(&server, key, "client-connected"), 1);
+        }
+        assert_eq!(info_field(&server, "a", "session"), 1);
+        assert_eq!(info_field(&server, "c", "session"), 0);
+        let mut other = spawn_client(server.port(), &["LOCK.ACQUIRE d other 60000 SESSION"], true);
+        parse_grant_line(&other.expect_line());
+
+        let killed_at = Instant::now();
+        p.kill();
+        for key in ["a", "b"] {
+            let took = wait_gone(&server, key, killed_at);
+            assert!(took < Duration::from_secs(2), "{key} released {took:?} after kill -9");
+        }
+        // The non-session lock of the same connection and the other
+        // connection's session lock stay.
+        assert_eq!(owner_of(&server, "c").as_deref(), Some("me"));
+        wait_until("c's client-connected drops to 0", TIMEOUT, || {
+            info_field(&server, "c", "client-connected") == 0
+        });
+        assert_eq!(owner_of(&server, "d").as_deref(), Some("other"));
+        assert_eq!(info_field(&server, "d", "client-connected"), 1);
+        let after = stats(&server);
+        assert_eq!(after["session_releases"] - before["session_releases"], 2);
+        other.kill();
+    }
+
+    /// A lock taken without SESSION outlives its connection until its TTL.
+    fn non_session_survives_disconnect(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let before = stats(&server);
+        let spawned = Instant::now();
+        let (mut p, id, _) = held_client(&server, "LOCK.ACQUIRE n me 2000");
+        let info = lock_info(&server, "n").unwrap();
+        assert_eq!(info["session"], "0");
+        assert_eq!(info["client-id"], id.to_string());
+        assert_eq!(info["client-connected"], "1");
+        p.kill();
+        wait_until("client-connected drops to 0", TIMEOUT, || {
+            lock_info(&server, "n").is_none_or(|i| i["client-connected"] == "0")
+        });
+        if spawned.elapsed() < Duration::from_millis(1900) {
+            let info = lock_info(&server, "n").expect("still held after its connection closed");
+            assert_eq!(info["owner"], "me");
+            assert_eq!(info["client-id"], id.to_string(), "client-id is kept");
+            assert_eq!(info["client-connected"], "0");
+        }
+        let took = wait_gone(&server, "n", spawned);
+        assert!(took >= Duration::from_millis(2000 - 20), "gone after {took:?}, before its TTL");
+        let after = stats(&server);
+        assert_eq!(after["session_releases"], before["session_releases"]);
+        assert_eq!(after["expired_while_held"] - before["expired_while_held"], 1);
+    }
+
+    /// The TTL still bounds a session lock whose connection stays open.
+    fn session_lock_bounded_by_ttl(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let before = stats(&server);
+        let mut conn = server.client();
+        let t0 = Instant::now();
+        assert!(grant(&run(&mut conn, &["LOCK.ACQUIRE", "t", "me", "500", "SESSION"])).is_some());
+        let took = wait_gone(&server, "t", t0);
+        assert!(took >= Duration::from_millis(500 - 20), "gone after {took:?}");
+        assert_eq!(render(&run(&mut conn, &["PING"])), "PONG", "the connection is still open");
+        // Someone else takes it; the session's end must not touch that lock.
+        assert!(grant(&server.cmd(&["LOCK.ACQUIRE", "t", "next", "60000"])).is_some());
+        drop(conn);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(owner_of(&server, "t").as_deref(), Some("next"));
+        let after = stats(&server);
+        assert_eq!(after["session_releases"], before["session_releases"]);
+        assert_eq!(after["expired_while_held"] - before["expired_while_held"], 1);
+    }
+
+    /// A session whose lock was released, deleted or expired, and then taken
+    /// by someone else (even by the same owner name), does not release the
+    /// new holder's lock when it closes.
+    fn session_end_spares_new_holders(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let mut a = server.client();
+        let before = stats(&server);
+        // Released, then re-acquired by another owner.
+        assert!(grant(&run(&mut a, &["LOCK.ACQUIRE", "rel", "a", "60000", "SESSION"])).is_some());
+        assert_eq!(render(&run(&mut a, &["LOCK.RELEASE", "rel", "a"])), "1");
+        assert!(grant(&server.cmd(&["LOCK.ACQUIRE", "rel", "b", "60000"])).is_some());
+        // Deleted, then re-acquired with the same owner name elsewhere.
+        assert!(grant(&run(&mut a, &["LOCK.ACQUIRE", "del", "a", "60000", "SESSION"])).is_some());
+        assert_eq!(server.cmd_text(&["DEL", "del"]), "1");
+        assert!(grant(&server.cmd(&["LOCK.ACQUIRE", "del", "a", "60000"])).is_some());
+        // Expired, then re-acquired by another owner.
+        assert!(grant(&run(&mut a, &["LOCK.ACQUIRE", "exp", "a", "200", "SESSION"])).is_some());
+        wait_gone(&server, "exp", Instant::now());
+        assert!(grant(&server.cmd(&["LOCK.ACQUIRE", "exp", "c", "60000"])).is_some());
+        // And one that is still a's: it goes.
+        assert!(grant(&run(&mut a, &["LOCK.ACQUIRE", "mine", "a", "60000", "SESSION"])).is_some());
+
+        drop(a);
+        let closed = Instant::now();
+        let took = wait_gone(&server, "mine", closed);
+        assert!(took < Duration::from_secs(2), "released {took:?} after close");
+        assert_eq!(owner_of(&server, "rel").as_deref(), Some("b"));
+        assert_eq!(owner_of(&server, "del").as_deref(), Some("a"));
+        assert_eq!(info_field(&server, "del", "session"), 0);
+        assert_eq!(owner_of(&server, "exp").as_deref(), Some("c"));
+        let after = stats(&server);
+        assert_eq!(after["session_releases"] - before["session_releases"], 1);
+    }
+
+    /// LOCK.EXTEND from another connection (a watchdog) neither moves nor
+    /// ends the session: only the acquiring connection's close releases it.
+    fn extend_from_other_connection_keeps_session(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let mut owner_conn = server.client();
+        let id = client_id(&mut owner_conn);
+        let (token, _) = grant(&run(&mut owner_conn, &["LOCK.ACQUIRE", "k", "me", "60000", "SESSION"])).unwrap();
+        let mut watchdog = server.client();
+        let t = token.to_string();
+        assert_eq!(render(&run(&mut watchdog, &["LOCK.EXTEND", "k", "me", "30000", "FENCE", &t])), "30000");
+        let info = lock_info(&server, "k").unwrap();
+        assert_eq!(info["client-id"], id.to_string());
+        assert_eq!(info["session"], "1");
+        assert_eq!(info["extensions"], "1");
+        drop(watchdog);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(owner_of(&server, "k").as_deref(), Some("me"), "the extender's close released it");
+        drop(owner_conn);
+        let took = wait_gone(&server, "k", Instant::now());
+        assert!(took < Duration::from_secs(2));
+    }
+
+    /// A waiter that asked for SESSION gets a session lock on handoff: bound
+    /// to its own connection, released when that one closes.
+    fn session_lock_by_handoff(flavor: Flavor) {
+        let server = Server::start(flavor);
+        assert!(grant(&server.cmd(&["LOCK.ACQUIRE", "h", "holder", "60000"])).is_some());
+        let mut w = spawn_client(server.port(), &["CLIENT ID", "LOCK.ACQUIRE h waiter 60000 WAIT 30000 SESSION"], true);
+        let id = w.expect_line();
+        wait_until("waiter queued", TIMEOUT, || info_field(&server, "h", "waiters") == 1);
+        assert_eq!(server.cmd_text(&["LOCK.RELEASE", "h", "holder"]), "1");
+        let (token, _) = parse_grant_line(&w.expect_line());
+        let info = lock_info(&server, "h").unwrap();
+        assert_eq!(info["owner"], "waiter");
+        assert_eq!(info["token"], token.to_string());
+        assert_eq!(info["session"], "1");
+        assert_eq!(info["client-id"], id);
+        assert_eq!(info["client-connected"], "1");
+        let killed = Instant::now();
+        w.kill();
+        let took = wait_gone(&server, "h", killed);
+        assert!(took < Duration::from_secs(2), "released {took:?} after the waiter's close");
+    }
+
+    /// DEBUG RELOAD keeps a session lock bound to its (still open)
+    /// connection; after a restart it is bounded by its TTL only, and
+    /// connections that get the old client id do not release it.
+    fn session_across_reload_and_restart(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let mut a = server.client();
+        let a_id = client_id(&mut a);
+        assert!(grant(&run(&mut a, &["LOCK.ACQUIRE", "r", "me", "60000", "SESSION"])).is_some());
+        assert_eq!(server.cmd_text(&["DEBUG", "RELOAD"]), "OK");
+        let info = lock_info(&server, "r").expect("kept by DEBUG RELOAD");
+        assert_eq!(info["session"], "1");
+        assert_eq!(info["client-id"], a_id.to_string());
+        assert_eq!(info["client-connected"], "1");
+        drop(a);
+        let took = wait_gone(&server, "r", Instant::now());
+        assert!(took < Duration::from_secs(2), "released {took:?} after close");
+
+        let (mut b, b_id, (token, _)) = held_client(&server, "LOCK.ACQUIRE s me 60000 SESSION");
+        server.restart_clean(Shutdown::Save);
+        b.kill();
+        let info = lock_info(&server, "s").expect("a session lock survives a restart (bounded by its TTL)");
+        assert_eq!(info["token"], token.to_string());
+        assert_eq!(info["session"], "1");
+        assert_eq!(info["client-id"], "0");
+        assert_eq!(info["client-connected"], "0");
+        // Connections numbered like the old holder come and go.
+        for _ in 0..(b_id + 5) {
+            let mut c = server.client();
+            if client_id(&mut c) > b_id + 2 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(owner_of(&server, "s").as_deref(), Some("me"));
+        assert_eq!(info_field(&server, "s", "token"), token as i64);
+    }
+
+    /// A same-owner retry decides: SESSION added or dropped by the latest
+    /// acquire, and a retry from another connection (after a lost reply)
+    /// binds the session to that connection.
+    fn session_follows_latest_acquire(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let mut a = server.client();
+        let (t1, _) = grant(&run(&mut a, &["LOCK.ACQUIRE", "up", "me", "60000"])).unwrap();
+        let (t2, _) = grant(&run(&mut a, &["LOCK.ACQUIRE", "up", "me", "60000", "SESSION"])).unwrap();
+        assert_eq!(t1, t2);
+        assert_eq!(info_field(&server, "up", "session"), 1);
+        assert!(grant(&run(&mut a, &["LOCK.ACQUIRE", "down", "me", "60000", "SESSION"])).is_some());
+        assert!(grant(&run(&mut a, &["LOCK.ACQUIRE", "down", "me", "60000"])).is_some());
+        assert_eq!(info_field(&server, "down", "session"), 0);
+
+        assert!(grant(&run(&mut a, &["LOCK.ACQUIRE", "moved", "me", "60000", "SESSION"])).is_some());
+        let mut c = server.client();
+        let c_id = client_id(&mut c);
+        assert!(grant(&run(&mut c, &["LOCK.ACQUIRE", "moved", "me", "60000", "SESSION"])).is_some());
+        assert_eq!(info_field(&server, "moved", "client-id"), c_id);
+
+        drop(a);
+        let took = wait_gone(&server, "up", Instant::now());
+        assert!(took < Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(owner_of(&server, "down").as_deref(), Some("me"), "no longer a session lock");
+        assert_eq!(owner_of(&server, "moved").as_deref(), Some("me"), "bound to the retrying connection");
+        drop(c);
+        let took = wait_gone(&server, "moved", Instant::now());
+        assert!(took < Duration::from_secs(2));
+        assert_eq!(owner_of(&server, "down").as_deref(), Some("me"));
+    }
+
+    /// A replica knows the lock is a session lock but not its connection; the
+    /// primary's session release reaches it.
+    fn session_release_replicates(flavor: Flavor) {
+        let pair = ReplicaPair::start(flavor, |b| b);
+        let (mut p, _, (token, _)) = held_client(&pair.primary, "LOCK.ACQUIRE r me 60000 SESSION");
+        pair.wait_for_offset();
+        let info = lock_info(&pair.replica, "r").expect("replicated");
+        assert_eq!(info["token"], token.to_string());
+        assert_eq!(info["session"], "1");
+        assert_eq!(info["client-id"], "0");
+        assert_eq!(info["client-connected"], "0");
+        p.kill();
+        wait_gone(&pair.primary, "r", Instant::now());
+        pair.wait_for_offset();
+        assert_eq!(pair.replica.cmd_text(&["EXISTS", "r"]), "0");
+        assert_eq!(
+            pair.primary.cmd_text(&["DEBUG", "DIGEST"]),
+            pair.replica.cmd_text(&["DEBUG", "DIGEST"])
+        );
+    }
+}
