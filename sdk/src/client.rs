@@ -172,7 +172,8 @@ impl LockClient {
         let mut cmd = redis::cmd("LOCK.ACQUIRE");
         cmd.arg(key).arg(owner).arg(ms(opts.ttl));
         if let Some(wait) = opts.wait {
-            cmd.arg("WAIT").arg(if wait.is_zero() { 0 } else { ms(wait) });
+            cmd.arg("WAIT")
+                .arg(if wait.is_zero() { 0 } else { ms(wait) });
             // The server answers at the latest when the wait ends.
             conn.set_read_timeout((!wait.is_zero()).then(|| wait + Duration::from_secs(5)))?;
         }
@@ -327,7 +328,11 @@ impl Watchdog {
                     }
                     // Neither connecting nor waiting for the reply may outlast
                     // the lease.
-                    let c = match conn.take().map(Ok).unwrap_or_else(|| client.get_connection_with_timeout(left)) {
+                    let c = match conn
+                        .take()
+                        .map(Ok)
+                        .unwrap_or_else(|| client.get_connection_with_timeout(left))
+                    {
                         Ok(c) => conn.insert(c),
                         Err(_) => continue,
                     };
