@@ -235,7 +235,8 @@ impl Row {
         std::fs::create_dir_all(&dir).expect("create target/faults");
         let file = dir.join(format!(
             "{}-{}.md",
-            self.scenario.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+            self.scenario
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
             self.flavor.name()
         ));
         let unfenced = self
@@ -275,7 +276,12 @@ mod tests {
 
     #[test]
     fn verdict_spots_stale_and_shared_tokens() {
-        let clean = [w(1, "a", true), w(1, "a", true), w(2, "b", true), w(1, "a", false)];
+        let clean = [
+            w(1, "a", true),
+            w(1, "a", true),
+            w(2, "b", true),
+            w(1, "a", false),
+        ];
         let v = Verdict::of(&clean);
         assert!(v.clean(), "{v}");
         assert_eq!((v.accepted, v.rejected), (3, 1));

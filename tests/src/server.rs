@@ -68,7 +68,8 @@ impl ServerBuilder {
     /// Sets an environment variable for the server process (kept across
     /// restarts), e.g. `LD_PRELOAD` for the fault suite's clock shim.
     pub fn env(mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
-        self.env.push((name.as_ref().to_owned(), value.as_ref().to_owned()));
+        self.env
+            .push((name.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
 
@@ -385,6 +386,16 @@ impl Server {
             .unwrap_or_else(|| panic!("{} on port {} is not running", self.flavor, self.port))
     }
 
+    /// The `process_id` of whatever server answers on this port.
+    fn answering_pid(&self) -> Option<u32> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(2)).ok()?;
+        let info: String = redis::cmd("INFO").arg("server").query(&mut conn).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|p| p.trim().parse().ok())
+    }
+
     /// Whether the process is alive (a paused process is alive).
     pub fn is_running(&self) -> bool {
         let mut child = lock(&self.child);
@@ -623,8 +634,10 @@ impl Server {
         *lock(&self.child) = Some(child);
 
         let deadline = Instant::now() + self.startup_timeout;
-        loop {
-            if ping(self.port) {
+                loop {
+            // The PONG must come from our own child: while it starts (or
+            // after it died), another test may have taken the port.
+            if ping(self.port) && self.answering_pid() == Some(self.pid()) {
                 return Ok(());
             }
             let exited = {
