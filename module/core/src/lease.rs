@@ -153,39 +153,54 @@ pub struct GrantFields {
 }
 
 impl GrantFields {
-    /// Formats `lease`'s fields (allocation-free).
+    /// Formats `lease`'s fields (allocation-free, no `fmt` machinery: this
+    /// runs for every grant).
     pub fn of(lease: &Lease) -> Self {
         let mut f = GrantFields {
             buf: [0; 80],
             len: 0,
         };
-        use std::fmt::Write;
-        // Cannot fail: at most 19+20+20+10+1 digits and 4 colons.
-        let _ = write!(
-            f,
-            "{}:{}:{}:{}:{}",
-            lease.token,
-            lease.deadline_ms,
-            lease.acquired_at_ms,
-            lease.extensions,
-            lease.session as u8
-        );
+        // At most 20+20+20+10+1 characters and 4 colons: always fits.
+        f.push_u64(lease.token);
+        f.push_i64(lease.deadline_ms);
+        f.push_i64(lease.acquired_at_ms);
+        f.push_u64(lease.extensions as u64);
+        f.push_u64(lease.session as u64);
+        f.len -= 1; // the last colon
         f
+    }
+
+    fn push_i64(&mut self, v: i64) {
+        if v < 0 {
+            self.buf[self.len] = b'-';
+            self.len += 1;
+        }
+        self.push_u64(v.unsigned_abs());
+    }
+
+    /// Appends `v` in decimal and a colon.
+    fn push_u64(&mut self, mut v: u64) {
+        let mut digits = [0u8; 20];
+        let mut n = 0;
+        loop {
+            digits[n] = b'0' + (v % 10) as u8;
+            n += 1;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        for i in (0..n).rev() {
+            self.buf[self.len] = digits[i];
+            self.len += 1;
+        }
+        self.buf[self.len] = b':';
+        self.len += 1;
     }
 
     /// The formatted bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
-    }
-}
-
-impl std::fmt::Write for GrantFields {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        let dst = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
-        dst.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
     }
 }
 
@@ -312,6 +327,13 @@ pub(crate) mod tests {
             b"288230376151711744:1800000030000:1800000000000:3:1"
         );
         assert_eq!(parse_grant_fields(b"me", f.as_bytes()), Ok(l));
+        let mut neg = lease("me", 1, -5, 2);
+        neg.client_id = 0;
+        assert_eq!(GrantFields::of(&neg).as_bytes(), b"1:-3:-5:0:0");
+        assert_eq!(
+            parse_grant_fields(b"me", GrantFields::of(&neg).as_bytes()),
+            Ok(neg)
+        );
         for bad in [
             &b""[..],
             b"1:2:1:0",
@@ -336,6 +358,26 @@ pub(crate) mod tests {
         #[test]
         fn grant_fields_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
             let _ = parse_grant_fields(b"o", &bytes);
+        }
+
+        #[test]
+        fn grant_fields_round_trip(
+            token in 1..=MAX_TOKEN,
+            acquired in i64::MIN / 2..i64::MAX / 2,
+            ttl in 0i64..1 << 40,
+            extensions in any::<u32>(),
+            session in any::<bool>(),
+        ) {
+            let l = Lease {
+                owner: b"o"[..].into(),
+                token,
+                deadline_ms: acquired + ttl,
+                acquired_at_ms: acquired,
+                extensions,
+                session,
+                client_id: 0,
+            };
+            prop_assert_eq!(parse_grant_fields(b"o", GrantFields::of(&l).as_bytes()), Ok(l));
         }
 
         #[test]
