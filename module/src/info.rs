@@ -37,6 +37,7 @@ unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: 
             ("handoffs", &stats::HANDOFFS),
             ("wait_timeouts", &stats::WAIT_TIMEOUTS),
             ("session_releases", &stats::SESSION_RELEASES),
+            ("grants_revoked", &stats::GRANTS_REVOKED),
         ] {
             field(name, counter.get());
         }

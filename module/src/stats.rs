@@ -47,6 +47,7 @@ pub static DELETED_WHILE_HELD: Counter = Counter::new();
 pub static HANDOFFS: Counter = Counter::new();
 pub static WAIT_TIMEOUTS: Counter = Counter::new();
 pub static SESSION_RELEASES: Counter = Counter::new();
+pub static GRANTS_REVOKED: Counter = Counter::new();
 
 /// Time from `LOCK.ACQUIRE ... WAIT` to the grant, in µs (main thread only).
 static WAIT_US: MainThread<RefCell<Histogram>> = MainThread::new(RefCell::new(Histogram::new()));

@@ -13,7 +13,7 @@ use crate::commands::{self, GrantKind};
 use crate::ffi::{self, Ctx, Key, OwnedString, RString, Slot, api, reply};
 use crate::lease_type::ty;
 use crate::state::MainThread;
-use crate::{cluster, config, state, stats};
+use crate::{cluster, config, replicate, state, stats};
 use lockwarden_core::rules::{self, Acquired, Caller};
 use lockwarden_core::{Lease, LockError, parse};
 use redis_module::raw;
@@ -40,6 +40,8 @@ struct Waiter {
     session: bool,
     client_id: u64,
     since: std::time::Instant,
+    /// The module timer that ends this wait (`WAIT 0`: none).
+    timeout: Option<u64>,
 }
 
 #[derive(Default)]
@@ -67,8 +69,25 @@ fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
 
 /// What a woken waiter is told.
 enum Wake {
-    Granted { token: u64, ttl_ms: u64 },
+    Granted {
+        ttl_ms: u64,
+        /// The grant, to take back if the reply never reaches the client.
+        grant: Grant,
+        /// Set when the reply was sent.
+        delivered: std::cell::Cell<bool>,
+    },
     Failed(String),
+    /// The `WAIT` timed out: nil.
+    TimedOut,
+}
+
+/// A grant handed to a waiter, identified precisely enough to revoke it
+/// only while nobody can have learned of it.
+struct Grant {
+    lk: LockKey,
+    token: u64,
+    deadline_ms: i64,
+    client_id: u64,
 }
 
 /// Clients blocked in `LOCK.ACQUIRE ... WAIT` on this node.
@@ -109,13 +128,20 @@ pub fn block(
     timeout_ms: u64,
     holder_deadline_ms: i64,
 ) {
+    // The module times waits out itself (a timer per waiter) instead of
+    // giving Redis the timeout: then every outcome (grant, failure, timeout,
+    // disconnect) goes through one path, and a grant can never race Redis's
+    // own timeout handling (which on Redis 7.0 drops the reply of a client
+    // unblocked in the same event-loop turn its timeout passes).
+    // (`on_unblock` serves `CLIENT UNBLOCK`, which Redis only allows for
+    // clients blocked with a timeout callback.)
     let bc = api!(
         RedisModule_BlockClient,
         ctx,
         Some(on_reply),
-        Some(on_timeout),
+        Some(on_unblock),
         Some(free_wake),
-        timeout_ms as i64
+        0
     );
     api!(RedisModule_SetDisconnectCallback, bc, Some(on_disconnect));
     let waiter = Waiter {
@@ -126,6 +152,7 @@ pub fn block(
         session: req.session,
         client_id: api!(RedisModule_GetClientId, ctx),
         since: std::time::Instant::now(),
+        timeout: (timeout_ms > 0).then(|| start(Job::TimeOut(bc as usize), timeout_ms as i64)),
     };
     let needs_timer = with(|r| {
         r.blocked.insert(bc as usize, lk.clone());
@@ -142,32 +169,39 @@ pub fn block(
 fn remove(bc: *mut Blocked) -> bool {
     let (found, stop) = with(|r| {
         let Some(lk) = r.blocked.remove(&(bc as usize)) else {
-            return (false, None);
+            return (false, [None, None]);
         };
         let Some(q) = r.queues.get_mut(&lk) else {
-            return (true, None);
+            return (true, [None, None]);
         };
-        q.waiters.retain(|w| w.bc != bc);
-        let stop = if q.waiters.is_empty() {
+        let own = q
+            .waiters
+            .iter()
+            .position(|w| w.bc == bc)
+            .and_then(|i| q.waiters.remove(i))
+            .and_then(|w| w.timeout);
+        let queue = if q.waiters.is_empty() {
             r.queues.remove(&lk).and_then(|q| q.timer)
         } else {
             None
         };
-        (true, stop)
+        (true, [own, queue])
     });
-    if let Some(id) = stop {
-        cancel(id);
-    }
+    stop.into_iter().flatten().for_each(cancel);
     found
 }
 
-/// Takes the first waiter of `lk`.
+/// Takes the first waiter of `lk` (and stops its timeout).
 fn pop(lk: &LockKey) -> Option<Waiter> {
-    with(|r| {
+    let mut w = with(|r| {
         let w = r.queues.get_mut(lk)?.waiters.pop_front()?;
         r.blocked.remove(&(w.bc as usize));
         Some(w)
-    })
+    })?;
+    if let Some(id) = w.timeout.take() {
+        cancel(id);
+    }
+    Some(w)
 }
 
 /// Puts a waiter back at the head of its queue.
@@ -190,10 +224,22 @@ fn wake(bc: *mut Blocked, wake: Wake) {
     );
 }
 
+/// What a module timer of this file does when it fires.
+enum Job {
+    /// Serve a queue (the holder's deadline, or a deletion).
+    Serve(LockKey),
+    /// End a waiter's `WAIT` (the blocked client's address).
+    TimeOut(usize),
+}
+
+fn start(job: Job, delay_ms: i64) -> u64 {
+    ffi::start_timer(delay_ms, on_job, Box::into_raw(Box::new(job)).cast())
+}
+
 fn cancel(timer: u64) {
     if let Some(data) = ffi::stop_timer(timer) {
-        // SAFETY: every queue timer carries a `Box<LockKey>`.
-        drop(unsafe { Box::from_raw(data.cast::<LockKey>()) });
+        // SAFETY: every timer of this file carries a `Box<Job>`.
+        drop(unsafe { Box::from_raw(data.cast::<Job>()) });
     }
 }
 
@@ -207,8 +253,7 @@ fn arm(lk: &LockKey, delay_ms: i64) {
     if let Some(id) = previous {
         cancel(id);
     }
-    let data = Box::into_raw(Box::new(lk.clone())).cast::<c_void>();
-    let id = ffi::start_timer(delay_ms, on_timer, data);
+    let id = start(Job::Serve(lk.clone()), delay_ms);
     with(|r| {
         if let Some(q) = r.queues.get_mut(lk) {
             q.timer = Some(id);
@@ -279,11 +324,23 @@ pub fn serve(ctx: *mut Ctx, lk: &LockKey, name: *mut RString) {
             rules::acquire(current.as_ref(), &req, caller, w.cap, &limits, c, now)
         }) {
             Ok(Acquired::Granted { lease, ttl_ms, .. }) => {
-                let token = lease.token;
+                let grant = Grant {
+                    lk: lk.clone(),
+                    token: lease.token,
+                    deadline_ms: lease.deadline_ms,
+                    client_id: lease.client_id,
+                };
                 commands::install(ctx, &mut key, lk.db, name, lease, GrantKind::Acquired, now);
                 stats::HANDOFFS.incr();
                 stats::record_wait_us(w.since.elapsed().as_micros() as u64);
-                wake(w.bc, Wake::Granted { token, ttl_ms });
+                wake(
+                    w.bc,
+                    Wake::Granted {
+                        ttl_ms,
+                        grant,
+                        delivered: std::cell::Cell::new(false),
+                    },
+                );
                 drop(key);
                 if len(lk) > 0 {
                     arm(lk, ttl_ms as i64 + 1);
@@ -319,18 +376,39 @@ fn fail_all(lk: &LockKey, msg: &str) {
     remove_queue(lk);
 }
 
-unsafe extern "C" fn on_timer(ctx: *mut Ctx, data: *mut c_void) {
+unsafe extern "C" fn on_job(ctx: *mut Ctx, data: *mut c_void) {
     ffi::guard("waiter timer", (), || {
-        // SAFETY: queue timers carry a `Box<LockKey>`, handed over once.
-        let lk = unsafe { Box::from_raw(data.cast::<LockKey>()) };
-        with(|r| {
-            if let Some(q) = r.queues.get_mut(&lk) {
-                q.timer = None;
+        // SAFETY: the timers of this file carry a `Box<Job>`, handed over once.
+        match *unsafe { Box::from_raw(data.cast::<Job>()) } {
+            Job::Serve(lk) => {
+                with(|r| {
+                    if let Some(q) = r.queues.get_mut(&lk) {
+                        q.timer = None;
+                    }
+                });
+                ffi::select_db(ctx, lk.db);
+                let name = OwnedString::new(&lk.name);
+                serve(ctx, &lk, name.raw());
             }
-        });
-        ffi::select_db(ctx, lk.db);
-        let name = OwnedString::new(&lk.name);
-        serve(ctx, &lk, name.raw());
+            Job::TimeOut(bc) => {
+                let bc = bc as *mut Blocked;
+                // The timer fired, so it is no longer the waiter's to cancel.
+                with(|r| {
+                    if let Some(lk) = r.blocked.get(&(bc as usize))
+                        && let Some(w) = r
+                            .queues
+                            .get_mut(lk)
+                            .and_then(|q| q.waiters.iter_mut().find(|w| w.bc == bc))
+                    {
+                        w.timeout = None;
+                    }
+                });
+                if remove(bc) {
+                    stats::WAIT_TIMEOUTS.incr();
+                    wake(bc, Wake::TimedOut);
+                }
+            }
+        }
     })
 }
 
@@ -339,25 +417,31 @@ unsafe extern "C" fn on_reply(ctx: *mut Ctx, _argv: *mut *mut RString, _argc: c_
         let wake = api!(RedisModule_GetBlockedClientPrivateData, ctx).cast::<Wake>();
         // SAFETY: `wake()` always unblocks with a `Box<Wake>`.
         match unsafe { wake.as_ref() } {
-            Some(Wake::Granted { token, ttl_ms }) => {
+            Some(Wake::Granted {
+                ttl_ms,
+                grant,
+                delivered,
+            }) => {
                 reply::array(ctx, 2);
-                reply::int(ctx, *token as i64);
+                reply::int(ctx, grant.token as i64);
                 reply::int(ctx, *ttl_ms as i64);
+                delivered.set(true);
             }
             Some(Wake::Failed(msg)) => reply::error(ctx, msg),
-            None => reply::null(ctx),
+            Some(Wake::TimedOut) | None => reply::null(ctx),
         }
     });
     raw::REDISMODULE_OK as c_int
 }
 
-unsafe extern "C" fn on_timeout(ctx: *mut Ctx, _argv: *mut *mut RString, _argc: c_int) -> c_int {
-    ffi::guard("waiter timeout", (), || {
+/// `CLIENT UNBLOCK id` (without `ERROR`): the wait ends with nil, as a
+/// timeout would.
+unsafe extern "C" fn on_unblock(ctx: *mut Ctx, _argv: *mut *mut RString, _argc: c_int) -> c_int {
+    ffi::guard("waiter unblock", (), || {
         let bc = api!(RedisModule_GetBlockedClientHandle, ctx);
         if remove(bc) {
             api!(RedisModule_UnblockClient, bc, std::ptr::null_mut());
         }
-        stats::WAIT_TIMEOUTS.incr();
         reply::null(ctx);
     });
     raw::REDISMODULE_OK as c_int
@@ -372,8 +456,52 @@ unsafe extern "C" fn on_disconnect(_ctx: *mut Ctx, bc: *mut Blocked) {
 }
 
 unsafe extern "C" fn free_wake(_ctx: *mut Ctx, data: *mut c_void) {
-    if !data.is_null() {
+    ffi::guard("waiter free", (), || {
+        if data.is_null() {
+            return;
+        }
         // SAFETY: unblock data is always a `Box<Wake>`, freed once by Redis.
-        drop(unsafe { Box::from_raw(data.cast::<Wake>()) });
-    }
+        let wake = unsafe { Box::from_raw(data.cast::<Wake>()) };
+        // A grant whose reply was never sent: the client disconnected in
+        // between, or (Redis 7.0) its WAIT timed out in the same event-loop
+        // turn and Redis dropped the reply. Nobody knows the token, so the
+        // lock would sit unused until its TTL: take it back (from the event
+        // loop; no writes here) and serve the next waiter.
+        if let Wake::Granted {
+            grant, delivered, ..
+        } = *wake
+            && !delivered.get()
+        {
+            ffi::start_timer(0, on_revoke, Box::into_raw(Box::new(grant)).cast());
+        }
+    })
+}
+
+unsafe extern "C" fn on_revoke(ctx: *mut Ctx, data: *mut c_void) {
+    ffi::guard("grant revoke", (), || {
+        // SAFETY: the revoke timer carries a `Box<Grant>`, handed over once.
+        let g = unsafe { Box::from_raw(data.cast::<Grant>()) };
+        ffi::select_db(ctx, g.lk.db);
+        let name = OwnedString::new(&g.lk.name);
+        let mut key = Key::write(ctx, name.raw());
+        // Only the untouched grant: a retry by the same owner (which would
+        // have returned the token) changes the deadline and client id.
+        let untouched = matches!(key.slot::<Lease>(ty()),
+            Slot::Ours(l) if l.token == g.token && l.deadline_ms == g.deadline_ms && l.client_id == g.client_id);
+        if !untouched {
+            return;
+        }
+        state::own_write(|| key.delete());
+        drop(key);
+        replicate::delete(ctx, name.raw());
+        stats::GRANTS_REVOKED.incr();
+        commands::notify_released(ctx, name.raw());
+        tracing::warn!(
+            "lock {} granted to a waiter that never received the reply: released again",
+            lockwarden_sdk::text::show(&g.lk.name, 64)
+        );
+        if len(&g.lk) > 0 {
+            serve(ctx, &g.lk, name.raw());
+        }
+    })
 }

@@ -7,6 +7,8 @@
 mod aof_crash;
 mod bad_input;
 mod clock_steps;
+mod common_a;
+mod common_b;
 mod holder_crash;
 mod paused_holder;
 mod sentinel_failover;
