@@ -6,7 +6,7 @@
 //! slot that has moved (the lock now lives on another node) and break mutual
 //! exclusion.
 
-use crate::ffi::{self, Ctx, api};
+use crate::ffi::{self, Ctx};
 use redis_module::raw;
 
 /// Redis's CRC16 (XMODEM) of the hash-tagged part of the key, mod 16384.
@@ -70,25 +70,10 @@ pub fn can_grant_here(ctx: *mut Ctx, key: &[u8]) -> bool {
     if ffi::context_flags(ctx) & raw::REDISMODULE_CTX_FLAGS_CLUSTER == 0 {
         return true;
     }
-    let reply = api!(
-        RedisModule_Call,
-        ctx,
-        c"CLUSTER".as_ptr(),
-        c"c".as_ptr(),
-        c"NODES".as_ptr()
-    );
-    if reply.is_null() {
-        return false;
-    }
-    let mut len = 0usize;
-    let p = api!(RedisModule_CallReplyStringPtr, reply, &mut len);
-    let owns = !p.is_null() && {
-        // SAFETY: the reply owns `len` bytes at `p` until it is freed below.
-        let text = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
+    ffi::with_call_text(ctx, c"CLUSTER", c"NODES", |text| {
         owns_stably(&String::from_utf8_lossy(text), key_slot(key))
-    };
-    api!(RedisModule_FreeCallReply, reply);
-    owns
+    })
+    .unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -136,6 +136,32 @@ fn waiting(queue: &Option<LockKey>) -> usize {
     queue.as_ref().map_or(0, waiters::len)
 }
 
+/// Asks the policies about `op` by `owner` (for `ttl_ms`) on the command's
+/// key, as it is now: `Ok(ceiling)` or `DENIED` / `POLICY`.
+fn ask(
+    call: &Call,
+    op: Operation,
+    owner: &[u8],
+    ttl_ms: u64,
+    held: Option<&Lease>,
+    queue: &Option<LockKey>,
+    now: i64,
+) -> Result<Option<u64>, LockError> {
+    policies::check(
+        call,
+        &Ask {
+            op,
+            // SAFETY: argv[1] lives for the whole command.
+            key: unsafe { ffi::bytes(call.key()) },
+            owner,
+            ttl_ms,
+            holder: held,
+            waiters: waiting(queue),
+            now_ms: now,
+        },
+    )
+}
+
 /// `LOCK.ACQUIRE key owner ttl-ms [WAIT timeout-ms] [SESSION]`
 pub fn acquire(call: &Call) -> Outcome {
     let args = call.args();
@@ -154,17 +180,14 @@ pub fn acquire(call: &Call) -> Outcome {
     };
     let held = current(&mut key)?;
     let holder_deadline = held.map(|l| l.deadline_ms);
-    let cap = policies::check(
+    let cap = ask(
         call,
-        &Ask {
-            op: Operation::Acquire,
-            key: req.key,
-            owner: req.owner,
-            ttl_ms: req.ttl_ms,
-            holder: held,
-            waiters: waiting(&queue),
-            now_ms: now,
-        },
+        Operation::Acquire,
+        req.owner,
+        req.ttl_ms,
+        held,
+        &queue,
+        now,
     )?;
     let outcome =
         state::with_clock(|clock| rules::acquire(held, &req, caller, cap, &limits, clock, now))?;
@@ -216,18 +239,7 @@ pub fn release(call: &Call) -> Outcome {
     let mut key = Key::write(call.ctx, call.key());
     let queue = queue_of(call);
     let held = current(&mut key)?;
-    policies::check(
-        call,
-        &Ask {
-            op: Operation::Release,
-            key: req.key,
-            owner: req.owner,
-            ttl_ms: 0,
-            holder: held,
-            waiters: waiting(&queue),
-            now_ms: now,
-        },
-    )?;
+    ask(call, Operation::Release, req.owner, 0, held, &queue, now)?;
     rules::release(held, &req, now)?;
     state::own_write(|| key.delete());
     drop(key);
@@ -250,17 +262,14 @@ pub fn extend(call: &Call) -> Outcome {
     let limits = config::ttl_limits();
     let queue = queue_of(call);
     let held = current(&mut key)?;
-    let cap = policies::check(
+    let cap = ask(
         call,
-        &Ask {
-            op: Operation::Extend,
-            key: req.key,
-            owner: req.owner,
-            ttl_ms: req.ttl_ms,
-            holder: held,
-            waiters: waiting(&queue),
-            now_ms: now,
-        },
+        Operation::Extend,
+        req.owner,
+        req.ttl_ms,
+        held,
+        &queue,
+        now,
     )?;
     let (lease, ttl_ms) = rules::extend(held, &req, cap, &limits, now)?;
     if let Some(lk) = &queue {

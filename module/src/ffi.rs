@@ -222,6 +222,34 @@ pub fn select_db(ctx: *mut Ctx, db: i32) {
     api!(RedisModule_SelectDb, ctx, db);
 }
 
+/// Runs `command argument` (e.g. `INFO persistence`) and hands its text
+/// reply to `f`; `None` if the call failed.
+pub fn with_call_text<R>(
+    ctx: *mut Ctx,
+    command: &CStr,
+    argument: &CStr,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Option<R> {
+    let reply = api!(
+        RedisModule_Call,
+        ctx,
+        command.as_ptr(),
+        c"c".as_ptr(),
+        argument.as_ptr()
+    );
+    if reply.is_null() {
+        return None;
+    }
+    let mut len = 0usize;
+    let p = api!(RedisModule_CallReplyStringPtr, reply, &mut len);
+    let result = (!p.is_null()).then(|| {
+        // SAFETY: the reply owns `len` bytes at `p` until it is freed below.
+        f(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
+    });
+    api!(RedisModule_FreeCallReply, reply);
+    result
+}
+
 /// Publishes a module keyspace event (`notify-keyspace-events` class `d`).
 pub fn notify(ctx: *mut Ctx, event: &CStr, key: *mut RString) {
     api!(

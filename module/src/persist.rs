@@ -101,23 +101,8 @@ pub fn fork_started(ctx: *mut ffi::Ctx) {
 }
 
 fn aof_rewrite_in_progress(ctx: *mut ffi::Ctx) -> bool {
-    let reply = api!(
-        RedisModule_Call,
-        ctx,
-        c"INFO".as_ptr(),
-        c"c".as_ptr(),
-        c"persistence".as_ptr()
-    );
-    if reply.is_null() {
-        return false;
-    }
-    let mut len = 0usize;
-    let p = api!(RedisModule_CallReplyStringPtr, reply, &mut len);
-    let found = !p.is_null() && {
-        // SAFETY: the reply owns `len` bytes at `p` until it is freed below.
-        let text = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
+    ffi::with_call_text(ctx, c"INFO", c"persistence", |text| {
         text.windows(25).any(|w| w == b"aof_rewrite_in_progress:1")
-    };
-    api!(RedisModule_FreeCallReply, reply);
-    found
+    })
+    .unwrap_or(false)
 }
