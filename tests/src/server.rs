@@ -389,7 +389,9 @@ impl Server {
     /// The `process_id` of whatever server answers on this port.
     fn answering_pid(&self) -> Option<u32> {
         let client = redis::Client::open(self.url()).ok()?;
-        let mut conn = client.get_connection_with_timeout(Duration::from_secs(2)).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .ok()?;
         let info: String = redis::cmd("INFO").arg("server").query(&mut conn).ok()?;
         info.lines()
             .find_map(|l| l.strip_prefix("process_id:"))
@@ -634,7 +636,7 @@ impl Server {
         *lock(&self.child) = Some(child);
 
         let deadline = Instant::now() + self.startup_timeout;
-                loop {
+        loop {
             // The PONG must come from our own child: while it starts (or
             // after it died), another test may have taken the port.
             if ping(self.port) && self.answering_pid() == Some(self.pid()) {
