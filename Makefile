@@ -64,6 +64,7 @@ test-faults: build
 bench: build
 	$(CARGO) bench -p lockwarden-benches
 	$(TEST_ENV) $(CARGO) run --release -p lockwarden-benches --bin loadcompare
+	$(TEST_ENV) $(CARGO) run --release -p lockwarden-benches --bin waitcompare
 
 lint:
 	$(CARGO) fmt --all -- --check

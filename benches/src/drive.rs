@@ -140,6 +140,25 @@ pub fn pipelined(
     Ok(out)
 }
 
+/// `LOCK.ACQUIRE key owner ttl_ms`.
+pub fn acquire_cmd(key: &str, owner: &str, ttl_ms: u64) -> redis::Cmd {
+    let mut cmd = redis::cmd("LOCK.ACQUIRE");
+    cmd.arg(key).arg(owner).arg(ttl_ms);
+    cmd
+}
+
+/// `SET key owner NX PX ttl_ms`: the plain-Redis lock.
+pub fn set_nx_cmd(key: &str, owner: &str, ttl_ms: u64) -> redis::Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(key).arg(owner).arg("NX").arg("PX").arg(ttl_ms);
+    cmd
+}
+
+/// `SCRIPT LOAD script`: its SHA-1.
+pub fn script_load(con: &mut Connection, script: &str) -> Result<String> {
+    Ok(redis::cmd("SCRIPT").arg("LOAD").arg(script).query(con)?)
+}
+
 /// Is `v` the integer `n`?
 pub fn is_int(v: &Value, n: i64) -> bool {
     matches!(v, Value::Int(x) if *x == n)

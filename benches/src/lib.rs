@@ -27,6 +27,43 @@ pub fn err<T>(msg: impl Into<String>) -> Result<T> {
     Err(msg.into().into())
 }
 
+/// The body of a comparison's `main`: runs `run`; on error prints
+/// `<name>: <error>` and exits with status 1.
+pub fn main_of(name: &str, run: impl FnOnce() -> Result<()>) {
+    if let Err(e) = run() {
+        eprintln!("{name}: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The start of every comparison: `--server` (default `redis-server`)
+/// started with the module (`LOCKWARDEN_MODULE`), a connection to it, and a
+/// report titled `title` whose context names the date, the server and the
+/// module, the machine and the build.
+pub fn start(
+    args: &cli::Args,
+    title: &str,
+) -> Result<(server::Server, redis::Connection, report::Report)> {
+    let module = cli::module_path();
+    let binary = args.string("server", "redis-server");
+    eprintln!("starting {binary} with {}", module.display());
+    let server = server::Server::start(&binary, &module)?;
+    let con = server.connect()?;
+    let mut report = report::Report::new(title);
+    report.context("date", cli::utc_now());
+    report.context(
+        "server",
+        format!(
+            "{} ({binary}), module {}",
+            server.version()?,
+            module.display()
+        ),
+    );
+    report.context("machine", cli::machine());
+    report.context("build", cli::build_id(&module));
+    Ok((server, con, report))
+}
+
 /// An owner string of a typical shape (`host:pid:unique-id`, 30 bytes), used
 /// by every variant of every scenario so they store the same bytes.
 pub const OWNER: &str = "app-7f3a:4242:9c1e5b2d7a6f4e30";
@@ -34,3 +71,8 @@ pub const OWNER: &str = "app-7f3a:4242:9c1e5b2d7a6f4e30";
 /// The lease every scenario asks for, ms (below the default
 /// `lockwarden.max-ttl-ms`).
 pub const TTL_MS: u64 = 30_000;
+
+/// Compare-and-delete: the classic safe release of a `SET NX` lock
+/// (`KEYS[1]`, owner `ARGV[1]`).
+pub const LUA_RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+    return redis.call('DEL', KEYS[1]) else return 0 end";

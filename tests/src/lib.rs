@@ -17,6 +17,9 @@
 //!   process holding one connection.
 //! * [`FencedStore`], [`Verdict`], [`Row`]: the fault suite's oracle (a fenced
 //!   storage) and its report lines (`tests/FAULTS.md`).
+//! * [`locks`]: commands and reply parsing shared by the tests (grants,
+//!   `LOCK.INFO`, `INFO lockwarden`, `LOCK.POLICY LIST`, AOF rewrites, DUMP
+//!   payloads).
 //!
 //! A module test is one line of setup:
 //!
@@ -41,6 +44,7 @@
 
 mod client;
 mod cluster;
+pub mod locks;
 mod oracle;
 mod replication;
 mod sentinel;
@@ -54,7 +58,7 @@ pub use oracle::{FAULT_TIMEOUT, FencedStore, REPORT_HEADER, Row, Verdict, Write 
 pub use replication::{ReplicaPair, wait_for_offset, wait_for_sync};
 pub use sentinel::SentinelSet;
 pub use server::{Server, ServerBuilder, Shutdown};
-pub use util::{free_port, parse_info, poll, render, wait_until};
+pub use util::{free_port, now_ms, parse_info, poll, render, wait_until};
 
 /// The `redis` crate the harness is built on, re-exported so tests use the
 /// same version.

@@ -193,6 +193,15 @@ impl Verdict {
     pub fn anomalies(&self) -> usize {
         self.stale_accepted + self.shared_tokens
     }
+
+    /// Adds the counts of `other` (another resource's verdict) to these.
+    pub fn add(&mut self, other: &Verdict) {
+        self.writes += other.writes;
+        self.accepted += other.accepted;
+        self.rejected += other.rejected;
+        self.stale_accepted += other.stale_accepted;
+        self.shared_tokens += other.shared_tokens;
+    }
 }
 
 impl fmt::Display for Verdict {

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::Value;
 
@@ -45,6 +45,14 @@ pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
         std::thread::sleep(pause);
         pause = (pause * 3 / 2).min(Duration::from_millis(100));
     }
+}
+
+/// Wall-clock unix milliseconds (the clock the servers read too).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
 }
 
 /// Polls `pred` until it holds; panics with `what` if `timeout` passes.

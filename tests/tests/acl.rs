@@ -81,7 +81,7 @@ for_each_flavor! {
         assert_eq!(s.cmd_text(&["GET", "other:data"]), "v");
         let info = held(&s, "app:locks:x");
         assert_eq!((info.token, info.extensions), (t, 1));
-        assert_eq!(stat(&s, "token_high_water"), t);
+        assert_eq!(lw_stat(&s, "token_high_water"), t);
         assert_eq!(s.cmd_text(&["CONFIG", "GET", "lockwarden.max-ttl-ms"]), "[lockwarden.max-ttl-ms 60000]");
 
         assert_eq!(req(&mut app, &["LOCK.RELEASE", "app:locks:x", "app-1", "FENCE", &t.to_string()]), Value::Int(1));

@@ -108,7 +108,7 @@ for_each_flavor! {
         assert_eq!(from.cmd(&["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]), Value::Int(0));
         assert_err(&from.cmd(&["EXISTS", key]), "MOVED", "old node");
         assert_err(&from.cmd(&["LOCK.INFO", key]), "MOVED", "old node");
-        assert!(stat(to, "token_high_water") >= t, "the new node observed the migrated token");
+        assert!(lw_stat(to, "token_high_water") >= t, "the new node observed the migrated token");
 
         // Through the cluster client, which follows -MOVED.
         assert_eq!(parse_grant(&req(&mut conn, &["LOCK.ACQUIRE", key, "bob", "30000"])), None);

@@ -36,14 +36,6 @@ fn config_get(s: &Server, pattern: &str) -> HashMap<String, String> {
         .collect()
 }
 
-/// The bulk payload of `DUMP key`.
-fn dump(s: &Server, key: &str) -> Vec<u8> {
-    match s.cmd(&["DUMP", key]) {
-        Value::BulkString(b) => b,
-        other => panic!("DUMP {key}: {}", render(&other)),
-    }
-}
-
 fn restore(s: &Server, key: &str, ttl: i64, payload: &[u8]) -> Value {
     let mut conn = s.client();
     req_bytes(
@@ -194,7 +186,7 @@ for_each_flavor! {
         std::thread::sleep(Duration::from_millis(250));
         assert_err(&s.cmd(&["LOCK.EXTEND", "k", "alice", "1000"]), "NOTHELD", "expired");
         assert_eq!(lock_info(&s, "k"), None);
-        assert_eq!(stat(&s, "extends"), 2);
+        assert_eq!(lw_stat(&s, "extends"), 2);
     }
 
     /// LOCK.INFO: nil when free; every field; client-id is the acquiring
@@ -308,7 +300,7 @@ for_each_flavor! {
         let t = acquire_ok(&s, "k", "alice", 30000);
         let tok = t.to_string();
         let lease = held(&s, "k").lease_fields();
-        let hw = stat(&s, "token_high_water");
+        let hw = lw_stat(&s, "token_high_water");
         let long = "o".repeat(257);
         let huge = ["99999999999999999999", "18446744073709551616", "9223372036854775808"];
         let mut bad: Vec<Vec<&str>> = vec![
@@ -384,7 +376,7 @@ for_each_flavor! {
             assert!(p > 0 && p <= last_pttl, "{args:?} changed the lease: PTTL {last_pttl} -> {p}");
             last_pttl = p;
             assert!(!exists(&s, "free"), "{args:?} created a lock");
-            assert_eq!(stat(&s, "token_high_water"), hw, "{args:?} spent a token");
+            assert_eq!(lw_stat(&s, "token_high_water"), hw, "{args:?} spent a token");
         }
         let st = lw_stats(&s);
         assert_eq!((st["acquires_granted"], st["acquires_retried"], st["releases"], st["extends"]), (1, 0, 0, 0));
@@ -594,7 +586,7 @@ for_each_flavor! {
         release_ok(&s, "k", "a");
         // DEBUG RELOAD with nothing held: the high-water mark survives.
         assert_eq!(s.cmd_text(&["DEBUG", "RELOAD"]), "OK");
-        assert_eq!(stat(&s, "token_high_water"), t);
+        assert_eq!(lw_stat(&s, "token_high_water"), t);
         take(&s, "b", 10000);
         release_ok(&s, "k", "b");
         assert_eq!(s.cmd_text(&["FLUSHALL"]), "OK");
@@ -603,7 +595,7 @@ for_each_flavor! {
 
         assert_strictly_increasing(&tokens, "tokens of k");
         assert!(tokens.iter().all(|&t| t > 0 && t < MAX_TOKEN), "{tokens:?}");
-        assert_eq!(stat(&s, "token_high_water"), *tokens.last().unwrap());
+        assert_eq!(lw_stat(&s, "token_high_water"), *tokens.last().unwrap());
 
         // Many grants in a burst (several per millisecond) stay increasing.
         let mut conn = s.client();
@@ -657,7 +649,7 @@ for_each_flavor! {
         let other = Server::start(flavor);
         assert_eq!(restore(&other, "k", pttl(&s, "k"), &payload), Value::Okay);
         assert_eq!(held(&other, "k").lease_fields(), held(&s, "k").lease_fields());
-        assert!(stat(&other, "token_high_water") >= t);
+        assert!(lw_stat(&other, "token_high_water") >= t);
         assert_eq!(other.cmd(&["LOCK.RELEASE", "k", "alice", "FENCE", &t.to_string()]), Value::Int(1));
         assert!(acquire_ok(&other, "k", "carol", 1000) > t);
     }
@@ -692,9 +684,9 @@ for_each_flavor! {
         let deadline_at = at + 9;
         let flags_at = at + 29;
 
-        let hw = stat(&s, "token_high_water");
+        let hw = lw_stat(&s, "token_high_water");
         let good_info = held(&s, "good").lease_fields();
-        let locks = stat(&s, "locks_held");
+        let locks = lw_stat(&s, "locks_held");
 
         let mutated = |f: &dyn Fn(&mut Vec<u8>), fix: bool| {
             let mut p = payload.clone();
@@ -729,8 +721,8 @@ for_each_flavor! {
             assert_eq!(s.cmd_text(&["PING"]), "PONG", "server after {what}");
             assert!(!exists(&s, "corrupt"), "{what}: a key was created");
             assert_eq!(held(&s, "good").lease_fields(), good_info, "{what}: another lock changed");
-            assert_eq!(stat(&s, "token_high_water"), hw, "{what}: the token clock moved");
-            assert_eq!(stat(&s, "locks_held"), locks, "{what}: lock count");
+            assert_eq!(lw_stat(&s, "token_high_water"), hw, "{what}: the token clock moved");
+            assert_eq!(lw_stat(&s, "locks_held"), locks, "{what}: lock count");
         }
         assert!(s.is_running());
 
@@ -800,12 +792,12 @@ for_each_flavor! {
 
         // A lease that runs out while held.
         let t2 = acquire_ok(&s, "k2", "a", 100);
-        s.wait_for(TIMEOUT, |s| stat(s, "expired_while_held") == 1);
+        s.wait_for(TIMEOUT, |s| lw_stat(s, "expired_while_held") == 1);
         assert!(!exists(&s, "k2"));
         // A live lock deleted behind the module's back.
         let t3 = acquire_ok(&s, "k3", "a", 10000);
         assert_eq!(s.cmd(&["DEL", "k3"]), Value::Int(1));
-        assert_eq!(stat(&s, "deleted_while_held"), 1);
+        assert_eq!(lw_stat(&s, "deleted_while_held"), 1);
         let t4 = acquire_ok(&s, "k4", "a", 10000);
         let t5 = acquire_ok(&s, "k5", "b", 10000);
         let st = lw_stats(&s);
@@ -816,14 +808,14 @@ for_each_flavor! {
         assert_strictly_increasing(&[t1, t2, t3, t4, t5], "tokens");
         assert_eq!(st["token_high_water"], t5);
         release_ok(&s, "k4", "a");
-        assert_eq!(stat(&s, "locks_held"), 1);
-        assert_eq!(stat(&s, "releases"), 2);
+        assert_eq!(lw_stat(&s, "locks_held"), 1);
+        assert_eq!(lw_stat(&s, "releases"), 2);
         assert_eq!(s.cmd_text(&["DEBUG", "RELOAD"]), "OK");
-        assert_eq!(stat(&s, "locks_held"), 1, "after DEBUG RELOAD");
+        assert_eq!(lw_stat(&s, "locks_held"), 1, "after DEBUG RELOAD");
         acquire_ok(&s, "k6", "a", 10000);
-        assert_eq!(stat(&s, "locks_held"), 2);
+        assert_eq!(lw_stat(&s, "locks_held"), 2);
         assert_eq!(s.cmd_text(&["FLUSHALL"]), "OK");
-        s.wait_for(TIMEOUT, |s| stat(s, "locks_held") == 0);
+        s.wait_for(TIMEOUT, |s| lw_stat(s, "locks_held") == 0);
     }
 
     /// A lease ends at its deadline even when the key outlives it (PERSIST,

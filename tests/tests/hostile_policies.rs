@@ -338,16 +338,7 @@ for_each_flavor! {
     fn replacing_a_broken_policy_repairs_it(flavor: Flavor) {
         let server = Server::start(flavor);
         // Configuring costs some 40000 fuel; evaluating traps on keys `t...`.
-        let mut guest = Guest::counter();
-        guest.configure = format!(
-            "(local $i i32)
-             (loop $l
-               (local.set $i (i32.add (local.get $i) (i32.const 1)))
-               (br_if $l (i32.lt_u (local.get $i) (i32.const 5000))))
-             {}",
-            guest.configure
-        );
-        let wasm = guest.wasm();
+        let wasm = Guest::counter().before_configure(&spin(5000)).wasm();
         load_ok(&server, "fragile", &["KEYS", "*", "CONFIG", "{}"], &wasm);
         assert_eq!(acquire_ok(&server, "a:1", "me", 10_000).1, 1);
         config_set(&server, "lockwarden.policy-fuel", "10000");
@@ -374,16 +365,7 @@ for_each_flavor! {
     /// REPLACE with other settings also repairs a broken policy.
     fn replacing_a_broken_policy_with_new_settings_repairs_it(flavor: Flavor) {
         let server = Server::start(flavor);
-        let mut guest = Guest::counter();
-        guest.configure = format!(
-            "(local $i i32)
-             (loop $l
-               (local.set $i (i32.add (local.get $i) (i32.const 1)))
-               (br_if $l (i32.lt_u (local.get $i) (i32.const 5000))))
-             {}",
-            guest.configure
-        );
-        let wasm = guest.wasm();
+        let wasm = Guest::counter().before_configure(&spin(5000)).wasm();
         load_ok(&server, "fragile", &["CONFIG", "{}"], &wasm);
         config_set(&server, "lockwarden.policy-fuel", "10000");
         assert_error(&acquire(&server, "t:1", "me", 10_000), "POLICY policy fragile failed: trap: ");

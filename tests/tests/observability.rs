@@ -6,58 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, bounded, unbounded};
+use lockwarden_tests::locks::*;
 use lockwarden_tests::redis::{self, ConnectionLike, Value};
 use lockwarden_tests::*;
-
-/// `LOCK.INFO key` as `field -> rendered value`, `None` when free.
-fn lock_info(server: &Server, key: &str) -> Option<HashMap<String, String>> {
-    match server.cmd(&["LOCK.INFO", key]) {
-        Value::Nil => None,
-        Value::Array(items) => Some(
-            items
-                .chunks(2)
-                .map(|p| (render(&p[0]), render(&p[1])))
-                .collect(),
-        ),
-        Value::Map(pairs) => Some(pairs.iter().map(|(k, v)| (render(k), render(v))).collect()),
-        other => panic!("LOCK.INFO {key}: unexpected reply {}", render(&other)),
-    }
-}
-
-/// `INFO lockwarden` as numbers, without the `lockwarden_` prefix.
-fn stats(server: &Server) -> HashMap<String, u64> {
-    server
-        .info("lockwarden")
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let name = k.strip_prefix("lockwarden_")?.to_string();
-            Some((name, v.parse().ok()?))
-        })
-        .collect()
-}
-
-fn stat(server: &Server, name: &str) -> u64 {
-    *stats(server)
-        .get(name)
-        .unwrap_or_else(|| panic!("INFO lockwarden has no {name}"))
-}
-
-fn grant(v: &Value) -> Option<(u64, u64)> {
-    match v {
-        Value::Nil => None,
-        Value::Array(items) if items.len() == 2 => match (&items[0], &items[1]) {
-            (Value::Int(t), Value::Int(ttl)) if *t > 0 && *ttl > 0 => {
-                Some((*t as u64, *ttl as u64))
-            }
-            _ => panic!("not a grant: {}", render(v)),
-        },
-        other => panic!("not a grant or nil: {}", render(other)),
-    }
-}
-
-fn acquire(server: &Server, key: &str, owner: &str, ttl: u64) -> Option<(u64, u64)> {
-    grant(&server.cmd(&["LOCK.ACQUIRE", key, owner, &ttl.to_string()]))
-}
 
 /// A pattern subscription on its own connection, read by a thread.
 struct Events {
@@ -245,7 +196,7 @@ for_each_flavor! {
         assert_eq!(acquire(&server, "k", "other", 60000), None);
         assert!(server.cmd_text(&["LOCK.RELEASE", "k", "other"]).starts_with("(error) NOTOWNER"));
         assert!(server.cmd_text(&["LOCK.EXTEND", "nope", "me", "1000"]).starts_with("(error) NOTHELD"));
-        assert!(lock_info(&server, "k").is_some());
+        assert!(lock_fields(&server, "k").is_some());
         list_step(&server, &[]);
         assert_eq!(ev.drain(&server), NONE);
         assert_eq!(server.cmd_text(&["LOCK.RELEASE", "k", "me"]), "1");
@@ -271,7 +222,7 @@ for_each_flavor! {
 
         acquire(&server, "h", "holder", 60000).unwrap();
         let mut waiter = spawn_client(server.port(), &["LOCK.ACQUIRE h waiter 1500 WAIT 20000"], false);
-        wait_until("waiter queued", TIMEOUT, || stat(&server, "waiters") == 1);
+        wait_until("waiter queued", TIMEOUT, || lw_stat(&server, "waiters") == 1);
         assert_eq!(ev.drain(&server), vec![ks("h", "lock.acquired")]);
         assert_eq!(server.cmd_text(&["LOCK.RELEASE", "h", "holder"]), "1");
         assert_eq!(ev.drain(&server), vec![ks("h", "lock.released"), ks("h", "lock.acquired")]);
@@ -279,9 +230,9 @@ for_each_flavor! {
 
         // The waiter's 1500 ms lease runs out with another one queued.
         let mut next = spawn_client(server.port(), &["LOCK.ACQUIRE h next 60000 WAIT 20000"], false);
-        wait_until("next queued", TIMEOUT, || stat(&server, "waiters") == 1);
+        wait_until("next queued", TIMEOUT, || lw_stat(&server, "waiters") == 1);
         assert!(next.wait_success()[0].starts_with('['));
-        assert_eq!(lock_info(&server, "h").unwrap()["owner"], "next");
+        assert_eq!(lock_fields(&server, "h").unwrap()["owner"], "next");
         assert_eq!(ev.drain(&server), vec![ks("h", "lock.expired"), ks("h", "lock.acquired")]);
 
         // A closing session releases its lock.
@@ -327,20 +278,20 @@ for_each_flavor! {
         assert_eq!(render(&loaded), "OK");
         assert_eq!(server.cmd_text(&["CONFIG", "SET", "notify-keyspace-events", "KEd"]), "OK");
         let mut ev = Events::subscribe(&server, &["__keyspace@0__:*", "__keyevent@0__:*"]);
-        let before = stats(&server);
+        let before = lw_stats(&server);
         assert!(acquire(&server, "orders:1", "me", 60000).is_some());
         assert_eq!(ev.drain(&server), both("orders:1", "lock.acquired"));
         let denied = server.cmd_text(&["LOCK.ACQUIRE", "users:1", "me", "60000"]);
         assert!(denied.starts_with("(error) DENIED policy kp"), "{denied}");
         assert_eq!(server.cmd_text(&["EXISTS", "users:1"]), "0");
         assert_eq!(ev.drain(&server), both("users:1", "lock.denied"));
-        assert_eq!(stat(&server, "policy_denials") - before["policy_denials"], 1);
+        assert_eq!(lw_stat(&server, "policy_denials") - before["policy_denials"], 1);
     }
 
     /// INFO lockwarden has every documented field.
     fn info_fields(flavor: Flavor) {
         let server = Server::start(flavor);
-        let s = stats(&server);
+        let s = lw_stats(&server);
         for f in [
             "locks_held", "acquires_granted", "acquires_retried", "acquires_contended",
             "releases", "extends", "errors_notowner", "errors_notheld", "rejected_ttlmax",
@@ -361,12 +312,12 @@ for_each_flavor! {
     /// deletions; the hold time of an expired lease is its TTL.
     fn expired_while_held(flavor: Flavor) {
         let server = Server::start(flavor);
-        let before = stats(&server);
+        let before = lw_stats(&server);
         assert_eq!(before["expired_while_held"], 0);
         assert_eq!(before["hold_max_ms"], 0);
         acquire(&server, "x", "me", 300).unwrap();
         wait_until("x expires", TIMEOUT, || server.cmd_text(&["EXISTS", "x"]) == "0");
-        let s = stats(&server);
+        let s = lw_stats(&server);
         assert_eq!(s["expired_while_held"], 1);
         assert_eq!(s["deleted_while_held"], 0);
         assert_eq!(s["hold_max_ms"], 300, "an expired lease was held for its TTL");
@@ -374,7 +325,7 @@ for_each_flavor! {
 
         // Nobody touching it: active expiry counts it too.
         acquire(&server, "y", "me", 200).unwrap();
-        wait_until("active expiry counts y", TIMEOUT, || stat(&server, "expired_while_held") == 2);
+        wait_until("active expiry counts y", TIMEOUT, || lw_stat(&server, "expired_while_held") == 2);
 
         // Released and deleted locks are not expirations.
         acquire(&server, "r", "me", 300).unwrap();
@@ -382,7 +333,7 @@ for_each_flavor! {
         acquire(&server, "d", "me", 300).unwrap();
         assert_eq!(server.cmd_text(&["DEL", "d"]), "1");
         std::thread::sleep(Duration::from_millis(500));
-        let s = stats(&server);
+        let s = lw_stats(&server);
         assert_eq!(s["expired_while_held"], 2);
         assert_eq!(s["deleted_while_held"], 1);
         assert_eq!(s["releases"], 1);
@@ -409,16 +360,16 @@ for_each_flavor! {
             let hi = (t3 - t0).as_millis() as u64 + 1;
             bounds.push((lo.saturating_sub(1), hi));
         }
-        let s = stats(&server);
+        let s = lw_stats(&server);
         let (long_lo, long_hi) = bounds[4];
-        let max = s["hold_max_ms"];
+        let max = s["hold_max_ms"] as u64;
         assert!(max >= long_lo && max <= long_hi, "hold_max_ms {max} not in [{long_lo}, {long_hi}]");
         let short_lo = bounds[..4].iter().map(|b| b.0).min().unwrap();
         let short_hi = bounds[..4].iter().map(|b| b.1).max().unwrap();
-        let p50 = s["hold_p50_ms"];
+        let p50 = s["hold_p50_ms"] as u64;
         // Percentiles are the lower bound of a 12.5%-wide bucket.
         assert!(p50 >= short_lo * 7 / 8 && p50 <= short_hi, "hold_p50_ms {p50} not ~ [{short_lo}, {short_hi}]");
-        let p99 = s["hold_p99_ms"];
+        let p99 = s["hold_p99_ms"] as u64;
         assert!(p99 >= long_lo * 7 / 8 && p99 <= max, "hold_p99_ms {p99} not ~ [{long_lo}, {max}]");
         assert_eq!(s["releases"], 5);
     }
@@ -439,7 +390,7 @@ for_each_flavor! {
         let _: () = pipe.query(&mut conn).unwrap();
         assert_eq!(server.cmd_text(&["DBSIZE"]), "1050");
         let mut waiter = spawn_client(server.port(), &["LOCK.ACQUIRE lk:7 w 1000 WAIT 20000"], false);
-        wait_until("waiter queued", TIMEOUT, || stat(&server, "waiters") == 1);
+        wait_until("waiter queued", TIMEOUT, || lw_stat(&server, "waiters") == 1);
 
         let (rows, steps) = list_all(&server, &["COUNT", "37"]);
         assert!(steps > 5, "only {steps} steps with COUNT 37");
@@ -454,7 +405,7 @@ for_each_flavor! {
             assert!(r.held >= 0 && r.held < 60000, "{r:?}");
             assert_eq!(r.waiters, i64::from(i == 7), "{r:?}");
         }
-        let info = lock_info(&server, "lk:123").unwrap();
+        let info = lock_fields(&server, "lk:123").unwrap();
         assert_eq!(info["token"], rows["lk:123"].token.to_string());
         // The default COUNT walks it too.
         let (all, _) = list_all(&server, &[]);

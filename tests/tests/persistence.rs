@@ -8,13 +8,6 @@ use core_support::*;
 use lockwarden_tests::redis::Value;
 use lockwarden_tests::*;
 
-fn bgrewriteaof(s: &Server) {
-    wait_persistence_idle(s);
-    let reply = s.cmd_text(&["BGREWRITEAOF"]);
-    assert!(reply.contains("rewriting"), "BGREWRITEAOF: {reply}");
-    wait_persistence_idle(s);
-}
-
 /// A lock held across a restart: same owner, token, acquisition time and
 /// extensions, client-id 0 (another process), the lease still running.
 #[track_caller]
@@ -53,30 +46,27 @@ fn aof_scenario(flavor: Flavor, preamble: &str) {
             Value::Int(60000)
         );
     }
-    k_tokens.push(acquire_ok(&s, "a:k", "bob", 60000));
-    release_ok(&s, "a:k", "bob");
+    k_tokens.push(acquire_release(&s, "a:k", "bob", 60000));
     let t_short = acquire_ok(&s, "a:short", "x", 1500);
     let before = held(&s, "a:held");
     assert_eq!(before.extensions, 2);
-    let hw = stat(&s, "token_high_water");
+    let hw = lw_stat(&s, "token_high_water");
 
     // 1. Clean restart: the AOF is replayed.
     s.restart_clean(Shutdown::NoSave);
     check_survivor(&s, "a:held", &before);
     assert_eq!(
-        stat(&s, "token_high_water"),
+        lw_stat(&s, "token_high_water"),
         hw,
         "high-water mark after the AOF replay"
     );
-    k_tokens.push(acquire_ok(&s, "a:k", "bob", 60000));
-    release_ok(&s, "a:k", "bob");
+    k_tokens.push(acquire_release(&s, "a:k", "bob", 60000));
 
     // 2. BGREWRITEAOF, more grants, then kill -9.
-    bgrewriteaof(&s);
-    k_tokens.push(acquire_ok(&s, "a:k", "carol", 60000));
-    release_ok(&s, "a:k", "carol");
+    rewrite_aof(&s, TIMEOUT);
+    k_tokens.push(acquire_release(&s, "a:k", "carol", 60000));
     let t_fresh = acquire_ok(&s, "a:fresh", "dave", 60000);
-    let hw = stat(&s, "token_high_water");
+    let hw = lw_stat(&s, "token_high_water");
     assert_eq!(hw, t_fresh);
     s.restart_after_kill();
     check_survivor(&s, "a:held", &before);
@@ -86,28 +76,26 @@ fn aof_scenario(flavor: Flavor, preamble: &str) {
         "a grant just before kill -9"
     );
     assert_eq!(
-        stat(&s, "token_high_water"),
+        lw_stat(&s, "token_high_water"),
         hw,
         "high-water mark after kill -9"
     );
-    k_tokens.push(acquire_ok(&s, "a:k", "bob", 60000));
-    release_ok(&s, "a:k", "bob");
+    k_tokens.push(acquire_release(&s, "a:k", "bob", 60000));
 
     // 3. BGREWRITEAOF as the last write before kill -9: the released lock
     // exists only in the past, its next token is still larger.
-    bgrewriteaof(&s);
-    let hw = stat(&s, "token_high_water");
+    rewrite_aof(&s, TIMEOUT);
+    let hw = lw_stat(&s, "token_high_water");
     s.restart_after_kill();
     check_survivor(&s, "a:held", &before);
     if preamble == "yes" {
         assert_eq!(
-            stat(&s, "token_high_water"),
+            lw_stat(&s, "token_high_water"),
             hw,
             "high-water mark from the RDB preamble"
         );
     }
-    k_tokens.push(acquire_ok(&s, "a:k", "erin", 60000));
-    release_ok(&s, "a:k", "erin");
+    k_tokens.push(acquire_release(&s, "a:k", "erin", 60000));
     assert_strictly_increasing(&k_tokens, "tokens of a:k across AOF restarts");
 
     // A lease that ran out meanwhile is free; its next token is larger.
@@ -173,11 +161,11 @@ fn high_water_scenario(flavor: Flavor, mode: Persist) {
         s.cmd(&["LOCK.RELEASE", "h:k", "alice", "FENCE", &ahead.to_string()]),
         Value::Int(1)
     );
-    assert_eq!(stat(&s, "token_high_water"), ahead as i64);
+    assert_eq!(lw_stat(&s, "token_high_water"), ahead as i64);
     match mode {
         Persist::Rdb => s.restart_clean(Shutdown::Save),
         Persist::AofPreamble | Persist::AofNoPreamble => {
-            bgrewriteaof(&s);
+            rewrite_aof(&s, TIMEOUT);
             s.restart_after_kill();
         }
     }
@@ -196,15 +184,14 @@ for_each_flavor! {
         let s = Server::start(flavor);
         let t_held = acquire_ok(&s, "r:held", "alice", 60000);
         assert_eq!(s.cmd(&["LOCK.EXTEND", "r:held", "alice", "60000"]), Value::Int(60000));
-        let t_k = acquire_ok(&s, "r:k", "bob", 60000);
-        release_ok(&s, "r:k", "bob");
+        let t_k = acquire_release(&s, "r:k", "bob", 60000);
         let before = held(&s, "r:held");
-        assert_eq!(stat(&s, "token_high_water"), t_k);
+        assert_eq!(lw_stat(&s, "token_high_water"), t_k);
 
         s.restart_clean(Shutdown::Save);
-        assert_eq!(stat(&s, "token_high_water"), t_k, "high-water mark from the RDB");
+        assert_eq!(lw_stat(&s, "token_high_water"), t_k, "high-water mark from the RDB");
         check_survivor(&s, "r:held", &before);
-        assert_eq!(stat(&s, "locks_held"), 1);
+        assert_eq!(lw_stat(&s, "locks_held"), 1);
         assert_eq!(acquire(&s, "r:held", "bob", 1000), None);
         let t_k2 = acquire_ok(&s, "r:k", "carol", 60000);
         assert!(t_k2 > t_k);
@@ -216,8 +203,8 @@ for_each_flavor! {
         // Nothing held at all: only the aux field carries the high water.
         assert_eq!(dbsize(&s), 0);
         s.restart_clean(Shutdown::Save);
-        assert_eq!(stat(&s, "token_high_water"), t_k2);
-        assert_eq!(stat(&s, "locks_held"), 0);
+        assert_eq!(lw_stat(&s, "token_high_water"), t_k2);
+        assert_eq!(lw_stat(&s, "locks_held"), 0);
         let t_k3 = acquire_ok(&s, "r:k", "dave", 1000);
         assert!(t_k3 > t_k2);
 
@@ -225,7 +212,7 @@ for_each_flavor! {
         // water are back.
         s.restart_after_kill();
         assert_eq!(lock_info(&s, "r:k"), None);
-        assert_eq!(stat(&s, "token_high_water"), t_k2);
+        assert_eq!(lw_stat(&s, "token_high_water"), t_k2);
         assert!(acquire_ok(&s, "r:k", "erin", 1000) > t_k3);
     }
 
@@ -236,15 +223,14 @@ for_each_flavor! {
         let mut c = s.client();
         let id = int(&req(&mut c, &["CLIENT", "ID"]));
         let (t, _) = parse_grant(&req(&mut c, &["LOCK.ACQUIRE", "d:held", "alice", "60000"])).unwrap();
-        let t_k = acquire_ok(&s, "d:k", "bob", 60000);
-        release_ok(&s, "d:k", "bob");
+        let t_k = acquire_release(&s, "d:k", "bob", 60000);
         let before = held(&s, "d:held");
         assert_eq!(s.cmd_text(&["DEBUG", "RELOAD"]), "OK");
         let after = held(&s, "d:held");
         assert_eq!(after.lease_fields(), before.lease_fields());
         assert_eq!(after.token, t);
         assert_eq!((after.client_id, after.client_connected), (id, 1), "{after:?}");
-        assert_eq!(stat(&s, "token_high_water"), t_k);
+        assert_eq!(lw_stat(&s, "token_high_water"), t_k);
         assert!(acquire_ok(&s, "d:k", "carol", 1000) > t_k);
         assert_eq!(req(&mut c, &["LOCK.RELEASE", "d:held", "alice", "FENCE", &t.to_string()]), Value::Int(1));
     }

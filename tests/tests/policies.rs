@@ -21,6 +21,12 @@ fn utc_day(offset: i64) -> &'static str {
     DAYS[(days + 3).rem_euclid(7) as usize]
 }
 
+/// Loads the example policy max-ttl as `ttl` for all keys with `config`.
+#[track_caller]
+fn load_ttl(server: &Server, config: &str) {
+    load_example(server, "ttl", "max-ttl", "*", config);
+}
+
 /// A connection authenticated as `user` (password `pw`) gets NOPERM on
 /// every LOCK.POLICY subcommand and can still take a lock.
 #[track_caller]
@@ -60,13 +66,7 @@ for_each_flavor! {
     /// clamped TTL, and lockwarden.max-ttl-ms / min-ttl-ms apply after it.
     fn max_ttl_clamps_by_longest_prefix(flavor: Flavor) {
         let server = Server::start(flavor);
-        load_example(
-            &server,
-            "ttl",
-            "max-ttl",
-            "*",
-            r#"{"default_ms":5000,"prefixes":[{"prefix":"batch:","max_ms":20000},{"prefix":"batch:nightly:","max_ms":40000}]}"#,
-        );
+        load_ttl(&server, r#"{"default_ms":5000,"prefixes":[{"prefix":"batch:","max_ms":20000},{"prefix":"batch:nightly:","max_ms":40000}]}"#);
         let (_, ttl) = acquire_ok(&server, "plain:1", "me", 10_000);
         assert_eq!(ttl, 5000, "default_ms ceiling");
         let pttl = int(&server.cmd(&["PTTL", "plain:1"]));
@@ -111,13 +111,7 @@ for_each_flavor! {
     /// the reason; extends too; releases are allowed; nothing changes.
     fn max_ttl_denies(flavor: Flavor) {
         let server = Server::start(flavor);
-        load_example(
-            &server,
-            "ttl",
-            "max-ttl",
-            "*",
-            r#"{"default_ms":5000,"prefixes":[{"prefix":"batch:","max_ms":20000}],"action":"deny"}"#,
-        );
+        load_ttl(&server, r#"{"default_ms":5000,"prefixes":[{"prefix":"batch:","max_ms":20000}],"action":"deny"}"#);
         let reply = acquire(&server, "k", "me", 6000);
         assert_eq!(
             render(&reply),
@@ -466,7 +460,7 @@ for_each_flavor! {
         assert_eq!(server.cmd_text(&["LOCK.RELEASE", "k", "me"]), "1");
         assert!(token > 0);
 
-        let info = lw_info(&server);
+        let info = lw_stats(&server);
         assert_eq!(info["policy_audit_denials"], 3);
         assert_eq!(info["policy_denials"], 0);
         assert_eq!(info["policy_failures"], 0, "nothing failed a command");
@@ -545,12 +539,12 @@ for_each_flavor! {
     /// state; whatever its glob and mode; nothing changes, nothing counted.
     fn eval_dry_run(flavor: Flavor) {
         let server = Server::start(flavor);
-        load_example(&server, "ttl", "max-ttl", "*", r#"{"default_ms":5000}"#);
+        load_ttl(&server, r#"{"default_ms":5000}"#);
         load_example(&server, "ttl-deny", "max-ttl", "none:*", r#"{"default_ms":5000,"action":"deny"}"#);
         load_example(&server, "hold", "max-hold", "jobs:*", r#"{"max_hold_ms":20000}"#);
         load_ok(&server, "audit", &["MODE", "audit"], &Guest::deny("audited").wasm());
         let before = list(&server);
-        let info_before = lw_info(&server);
+        let info_before = lw_stats(&server);
 
         let eval = |args: &[&str]| {
             let mut full = vec!["LOCK.POLICY", "EVAL"];
@@ -596,7 +590,7 @@ for_each_flavor! {
             let extra_denials = i64::from(b.name() == "audit");
             assert_eq!(a.counts(), (e + extra, d + extra_denials, f), "{}", b.name());
         }
-        let info_after = lw_info(&server);
+        let info_after = lw_stats(&server);
         for field in ["policy_denials", "policy_failures"] {
             assert_eq!(info_after[field], info_before[field], "{field}");
         }
@@ -822,7 +816,7 @@ for_each_flavor! {
         assert_eq!(server.cmd_text(&["LOCK.RELEASE", "w", "a"]), "1");
         let reply = waiter.join().expect("waiter thread");
         assert_eq!(grant(&reply).1, 3000, "the clamp applies to the handed-over grant");
-        assert_eq!(lock_info(&server, "w").expect("held")["owner"], "b");
+        assert_eq!(owner_of(&server, "w").expect("held"), "b");
         assert!(lock_field(&server, "w", "ttl") <= 3000);
     }
 

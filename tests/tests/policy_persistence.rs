@@ -71,37 +71,6 @@ fn hold_long(server: &Server) -> i64 {
     token
 }
 
-/// Waits until no AOF rewrite is running or scheduled, and checks that the
-/// last one succeeded.
-fn wait_for_rewrite(server: &Server) {
-    server.wait_for(TIMEOUT, |s| {
-        let info = s.info("persistence");
-        info.get("aof_rewrite_in_progress").map(String::as_str) == Some("0")
-            && info.get("aof_rewrite_scheduled").map(String::as_str) == Some("0")
-    });
-    assert_eq!(
-        server
-            .info_field("persistence", "aof_last_bgrewrite_status")
-            .as_deref(),
-        Some("ok")
-    );
-}
-
-/// `BGREWRITEAOF`, waiting for it to finish.
-fn rewrite_aof(server: &Server) {
-    let reply = server.cmd_text(&["BGREWRITEAOF"]);
-    assert!(
-        reply.contains("rewriting") || reply.contains("scheduled"),
-        "BGREWRITEAOF: {reply}"
-    );
-    wait_for_rewrite(server);
-}
-
-/// `DEBUG DIGEST-VALUE key`, rendered.
-fn digest(server: &Server, key: &str) -> String {
-    server.cmd_text(&["DEBUG", "DIGEST-VALUE", key])
-}
-
 /// The AOF round trip with `aof-use-rdb-preamble` set to `preamble`.
 fn aof_round_trip(flavor: Flavor, preamble: &str) {
     let server = long_leases(flavor)
@@ -123,14 +92,14 @@ fn aof_round_trip(flavor: Flavor, preamble: &str) {
     assert_eq!(lock_state(&server, "held"), Some(("me".into(), token, 0)));
 
     // After a rewrite, the policies must be in the new AOF.
-    rewrite_aof(&server);
+    rewrite_aof(&server, TIMEOUT);
     server.restart_after_kill();
     assert_eq!(specs(&server), before, "after BGREWRITEAOF and kill -9");
     assert_enforced(&server, "2");
     assert_eq!(lock_state(&server, "held"), Some(("me".into(), token, 0)));
 
     // A rewrite right after a restart, then changes, then a clean restart.
-    rewrite_aof(&server);
+    rewrite_aof(&server, TIMEOUT);
     assert_eq!(
         server.cmd_text(&["LOCK.POLICY", "UNLOAD", "alpha-audit"]),
         "1"
@@ -147,8 +116,8 @@ fn aof_round_trip(flavor: Flavor, preamble: &str) {
     assert_eq!(acquire_ok(&server, "l:1", "me", 10_000).1, 2000);
 
     // Two rewrites in a row, kill -9.
-    rewrite_aof(&server);
-    rewrite_aof(&server);
+    rewrite_aof(&server, TIMEOUT);
+    rewrite_aof(&server, TIMEOUT);
     server.restart_after_kill();
     assert_eq!(specs(&server), changed, "after two rewrites and kill -9");
     assert_eq!(acquire_ok(&server, "l:2", "me", 10_000).1, 2000);
@@ -443,7 +412,7 @@ for_each_flavor! {
         let before = specs(&server);
         // The policies grew the AOF far beyond 100%: serverCron rewrites it.
         server.wait_for(TIMEOUT, |s| rewrites(s) > before_rewrites);
-        wait_for_rewrite(&server);
+        wait_persistence_idle(&server, TIMEOUT);
         server.restart_after_kill();
         assert_eq!(specs(&server), before, "after an automatic rewrite and kill -9");
         assert_enforced(&server, "1");
@@ -464,7 +433,7 @@ for_each_flavor! {
             server.wait_for(TIMEOUT, |s| {
                 s.info_field("persistence", "aof_enabled").as_deref() == Some("1")
             });
-            wait_for_rewrite(&server);
+            wait_persistence_idle(&server, TIMEOUT);
             server.kill9();
             let heir = Server::builder(flavor)
                 .dir(server.dir())

@@ -44,7 +44,7 @@ for_each_flavor! {
         let t = acquire_ok(p, "rep:k", "alice", 30000);
         pair.wait_for_offset();
         assert_eq!(assert_same(&pair, "rep:k").token, t);
-        assert_eq!(stat(r, "locks_held"), 1);
+        assert_eq!(lw_stat(r, "locks_held"), 1);
 
         assert_eq!(p.cmd(&["LOCK.EXTEND", "rep:k", "alice", "40000"]), Value::Int(40000));
         pair.wait_for_offset();
@@ -67,7 +67,7 @@ for_each_flavor! {
         assert!(!exists(r, "rep:k"));
         assert_eq!(dbsize(r), 0);
         assert_eq!(lock_info(r, "rep:k"), None);
-        assert_eq!(stat(r, "token_high_water"), stat(p, "token_high_water"));
+        assert_eq!(lw_stat(r, "token_high_water"), lw_stat(p, "token_high_water"));
 
         let t2 = acquire_ok(p, "rep:k", "bob", 30000);
         assert!(t2 > t);
@@ -89,8 +89,8 @@ for_each_flavor! {
         pair.wait_for_offset();
         assert!(!exists(r, "rep:k"));
         assert_eq!(dbsize(r), 1);
-        assert_eq!(stat(r, "locks_held"), 1);
-        assert_eq!(stat(p, "locks_held"), 1);
+        assert_eq!(lw_stat(r, "locks_held"), 1);
+        assert_eq!(lw_stat(p, "locks_held"), 1);
     }
 
     /// The replica refuses LOCK.ACQUIRE / RELEASE / EXTEND (READONLY) and
@@ -153,13 +153,13 @@ for_each_flavor! {
         // The primary's expiry reaches the replica.
         p.wait_for(TIMEOUT, |p| dbsize(p) == 0);
         r.wait_for(TIMEOUT, |r| dbsize(r) == 0);
-        assert_eq!(stat(p, "expired_while_held"), 1);
-        assert_eq!(stat(r, "expired_while_held"), 0, "replicas do not count expirations");
+        assert_eq!(lw_stat(p, "expired_while_held"), 1);
+        assert_eq!(lw_stat(r, "expired_while_held"), 0, "replicas do not count expirations");
 
         // Without a freeze too.
         acquire_ok(p, "exp:k2", "bob", 200);
         r.wait_for(TIMEOUT, |r| dbsize(r) == 0);
-        p.wait_for(TIMEOUT, |p| stat(p, "expired_while_held") == 2);
+        p.wait_for(TIMEOUT, |p| lw_stat(p, "expired_while_held") == 2);
     }
 
     /// LOCK._GRANT from a normal client (plain, in MULTI, from a script) is
@@ -204,12 +204,12 @@ for_each_flavor! {
 
         assert_eq!(held(p, "g:k").lease_fields(), before.lease_fields());
         assert!(!exists(p, "g:new"));
-        assert_eq!(stat(p, "token_high_water"), t, "a forged token was observed");
+        assert_eq!(lw_stat(p, "token_high_water"), t, "a forged token was observed");
         pair.wait_for_offset();
         assert_same(&pair, "g:k");
         assert!(!exists(r, "g:new"));
         assert_eq!(dbsize(r), 1);
-        assert_eq!(stat(r, "token_high_water"), t);
+        assert_eq!(lw_stat(r, "token_high_water"), t);
         assert!(acquire_ok(p, "g:new", "bob", 1000) < t + 1_000_000_000);
     }
 
@@ -222,13 +222,12 @@ for_each_flavor! {
         let t_held = acquire_ok(p, "f:held", "alice", 60000);
         let mut tokens = vec![t_held];
         for _ in 0..50 {
-            tokens.push(acquire_ok(p, "f:k", "bob", 60000));
-            release_ok(p, "f:k", "bob");
+            tokens.push(acquire_release(p, "f:k", "bob", 60000));
         }
         let max_old = *tokens.last().unwrap();
-        assert_eq!(stat(p, "token_high_water"), max_old);
+        assert_eq!(lw_stat(p, "token_high_water"), max_old);
         pair.wait_for_offset();
-        assert_eq!(stat(r, "token_high_water"), max_old, "the replica saw every grant");
+        assert_eq!(lw_stat(r, "token_high_water"), max_old, "the replica saw every grant");
         let before = assert_same(&pair, "f:held");
 
         pair.promote();
@@ -248,7 +247,7 @@ for_each_flavor! {
 
         // The promoted node expires leases and counts them.
         acquire_ok(r, "f:short", "erin", 100);
-        r.wait_for(TIMEOUT, |r| stat(r, "expired_while_held") == 1);
+        r.wait_for(TIMEOUT, |r| lw_stat(r, "expired_while_held") == 1);
     }
 
     /// A replica that attaches later gets the locks and the token
@@ -265,16 +264,16 @@ for_each_flavor! {
         let t_held = acquire_ok(&p, "fs:held", "bob", 60000);
         assert!(t_held > ahead as i64);
         p.cmd(&["LOCK.EXTEND", "fs:held", "bob", "60000"]);
-        let hw = stat(&p, "token_high_water");
+        let hw = lw_stat(&p, "token_high_water");
 
         let r = Server::builder(flavor)
             .raw_args(["--replicaof", "127.0.0.1", &p.port().to_string()])
             .start();
         wait_for_sync(&p, &r);
-        assert_eq!(stat(&r, "token_high_water"), hw, "high-water mark through the full sync");
+        assert_eq!(lw_stat(&r, "token_high_water"), hw, "high-water mark through the full sync");
         assert_eq!(digest(&p, "fs:held"), digest(&r, "fs:held"));
         assert_eq!(held(&r, "fs:held").lease_fields(), held(&p, "fs:held").lease_fields());
-        assert_eq!(stat(&r, "locks_held"), 1);
+        assert_eq!(lw_stat(&r, "locks_held"), 1);
 
         assert_eq!(r.cmd_text(&["REPLICAOF", "NO", "ONE"]), "OK");
         r.wait_for(TIMEOUT, |r| r.role() == "master");
@@ -322,6 +321,6 @@ for_each_flavor! {
         pair.wait_for_offset();
         assert!(!exists(r, "m:s"));
         assert_eq!(dbsize(r), 1);
-        assert_eq!(stat(r, "token_high_water"), stat(p, "token_high_water"));
+        assert_eq!(lw_stat(r, "token_high_water"), lw_stat(p, "token_high_water"));
     }
 }

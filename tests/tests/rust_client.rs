@@ -2,54 +2,12 @@
 //! guards, waiting, typed errors, the watchdog and loss reporting, and the
 //! release/renewal race.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select};
 use lockwarden_sdk::client::{Error, LockClient, LossReason, Options, unique_owner};
-use lockwarden_tests::redis::Value;
+use lockwarden_tests::locks::*;
 use lockwarden_tests::*;
-
-/// `LOCK.INFO key` as `field -> rendered value`, `None` when free.
-fn lock_info(server: &Server, key: &str) -> Option<HashMap<String, String>> {
-    match server.cmd(&["LOCK.INFO", key]) {
-        Value::Nil => None,
-        Value::Array(items) => Some(
-            items
-                .chunks(2)
-                .map(|p| (render(&p[0]), render(&p[1])))
-                .collect(),
-        ),
-        Value::Map(pairs) => Some(pairs.iter().map(|(k, v)| (render(k), render(v))).collect()),
-        other => panic!("LOCK.INFO {key}: unexpected reply {}", render(&other)),
-    }
-}
-
-fn info_field(server: &Server, key: &str, name: &str) -> i64 {
-    let info = lock_info(server, key).unwrap_or_else(|| panic!("LOCK.INFO {key}: lock is free"));
-    info[name]
-        .parse()
-        .unwrap_or_else(|_| panic!("LOCK.INFO {key} {name} = {:?}", info[name]))
-}
-
-fn stats(server: &Server) -> HashMap<String, u64> {
-    server
-        .info("lockwarden")
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let name = k.strip_prefix("lockwarden_")?.to_string();
-            Some((name, v.parse().ok()?))
-        })
-        .collect()
-}
-
-fn exists(server: &Server, key: &str) -> bool {
-    server.cmd_text(&["EXISTS", key]) == "1"
-}
-
-fn wait_gone(server: &Server, key: &str) {
-    wait_until(&format!("{key} gone"), TIMEOUT, || !exists(server, key));
-}
 
 fn client(server: &Server) -> LockClient {
     LockClient::open(&server.url()).expect("LockClient::open")
@@ -94,7 +52,7 @@ for_each_flavor! {
         let mut guard = locks.acquire("k", &me, &opts).unwrap().expect("free lock");
         assert_eq!(guard.key(), "k");
         assert_eq!(guard.ttl(), Duration::from_secs(10));
-        let info = lock_info(&server, "k").unwrap();
+        let info = lock_fields(&server, "k").unwrap();
         assert_eq!(info["owner"], me);
         assert_eq!(info["token"], guard.token().to_string());
         assert_eq!(info["session"], "0");
@@ -102,20 +60,20 @@ for_each_flavor! {
 
         assert!(locks.acquire("k", &other, &opts).unwrap().is_none(), "held by me");
         assert_eq!(guard.extend(Duration::from_secs(5)).unwrap(), Duration::from_secs(5));
-        assert!(info_field(&server, "k", "ttl") <= 5000);
-        assert_eq!(info_field(&server, "k", "extensions"), 1);
+        assert!(lock_field(&server, "k", "ttl") <= 5000);
+        assert_eq!(lock_field(&server, "k", "extensions"), 1);
         guard.release().unwrap();
         assert!(!exists(&server, "k"));
 
         // Now the other owner gets it, with a larger token.
         let g2 = locks.acquire("k", &other, &opts).unwrap().expect("free again");
-        assert_eq!(lock_info(&server, "k").unwrap()["owner"], other);
+        assert_eq!(lock_fields(&server, "k").unwrap()["owner"], other);
         g2.release().unwrap();
 
         // A session lock is bound to the guard's connection.
         let g3 = locks.acquire("s", &me, &opts.clone().session()).unwrap().unwrap();
-        assert_eq!(info_field(&server, "s", "session"), 1);
-        assert_eq!(info_field(&server, "s", "client-connected"), 1);
+        assert_eq!(lock_field(&server, "s", "session"), 1);
+        assert_eq!(lock_field(&server, "s", "client-connected"), 1);
         g3.release().unwrap();
         assert!(!exists(&server, "s"));
     }
@@ -143,7 +101,7 @@ for_each_flavor! {
             let got = waiter_locks.acquire("w", "patient", &opts).map(|g| g.map(|g| g.token()));
             let _ = tx.send((got.map_err(|e| e.to_string()), Instant::now()));
         });
-        wait_until("the waiter is queued", TIMEOUT, || info_field(&server, "w", "waiters") == 1);
+        wait_until("the waiter is queued", TIMEOUT, || lock_field(&server, "w", "waiters") == 1);
         let old_token = holder.token();
         let released_at = Instant::now();
         holder.release().unwrap();
@@ -154,7 +112,7 @@ for_each_flavor! {
         assert!(latency < Duration::from_millis(500), "handoff took {latency:?}");
         t.join().unwrap();
         // The waiter's guard was dropped in its thread: released.
-        wait_gone(&server, "w");
+        wait_gone(&server, "w", TIMEOUT);
     }
 
     /// NOTHELD / NOTOWNER / TTL / other errors come back typed.
@@ -165,7 +123,7 @@ for_each_flavor! {
 
         // Expired, nobody else: NotHeld, for release and extend.
         let mut g = locks.acquire("a", "me", &short).unwrap().unwrap();
-        wait_gone(&server, "a");
+        wait_gone(&server, "a", TIMEOUT);
         match g.extend(Duration::from_secs(1)) {
             Err(Error::NotHeld(_)) => {}
             other => panic!("extend after expiry: {other:?}"),
@@ -177,32 +135,32 @@ for_each_flavor! {
 
         // Expired and taken by another owner: NotOwner; the new lock stays.
         let g = locks.acquire("b", "me", &short).unwrap().unwrap();
-        wait_gone(&server, "b");
+        wait_gone(&server, "b", TIMEOUT);
         let theirs = locks.acquire("b", "them", &Options::new(Duration::from_secs(30))).unwrap().unwrap();
         match g.release() {
             Err(e @ Error::NotOwner(_)) => assert!(e.to_string().starts_with("NOTOWNER"), "{e}"),
             other => panic!("release of a lock someone else took: {other:?}"),
         }
-        assert_eq!(lock_info(&server, "b").unwrap()["owner"], "them");
+        assert_eq!(lock_fields(&server, "b").unwrap()["owner"], "them");
 
         // Expired and re-acquired by the same owner name: the old guard's
         // token is stale (NotOwner), the new grant is untouched.
         let g = locks.acquire("c", "me", &short).unwrap().unwrap();
-        wait_gone(&server, "c");
+        wait_gone(&server, "c", TIMEOUT);
         let again = locks.acquire("c", "me", &Options::new(Duration::from_secs(30))).unwrap().unwrap();
         assert_ne!(again.token(), g.token());
         match g.release() {
             Err(Error::NotOwner(_)) => {}
             other => panic!("release with a stale token: {other:?}"),
         }
-        assert_eq!(info_field(&server, "c", "token"), again.token() as i64);
+        assert_eq!(lock_field(&server, "c", "token"), again.token() as i64);
 
         // A dropped stale guard does not remove the new holder's lock either.
         let g = locks.acquire("d", "me", &short).unwrap().unwrap();
-        wait_gone(&server, "d");
+        wait_gone(&server, "d", TIMEOUT);
         let _theirs_d = locks.acquire("d", "them", &Options::new(Duration::from_secs(30))).unwrap().unwrap();
         drop(g);
-        assert_eq!(lock_info(&server, "d").unwrap()["owner"], "them");
+        assert_eq!(lock_fields(&server, "d").unwrap()["owner"], "them");
 
         // TTL limits.
         match locks.acquire("e", "me", &Options::new(Duration::from_secs(120))) {
@@ -234,20 +192,20 @@ for_each_flavor! {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(2) {
             std::thread::sleep(Duration::from_millis(100));
-            let info = lock_info(&server, "wd").expect("lock lost while the watchdog runs");
+            let info = lock_fields(&server, "wd").expect("lock lost while the watchdog runs");
             assert_eq!(info["token"], token.to_string());
             assert!(!guard.loss().is_lost(), "loss: {:?}", guard.loss().reason());
         }
-        let extensions = info_field(&server, "wd", "extensions");
+        let extensions = lock_field(&server, "wd", "extensions");
         // About 20 renewals at 1/3 of the TTL; allow for a slow machine.
         assert!(extensions >= 5, "only {extensions} extensions in 2 s");
-        assert!(info_field(&server, "wd", "held") >= 2000);
+        assert!(lock_field(&server, "wd", "held") >= 2000);
         assert!(guard.loss().wait(Duration::from_millis(1)).is_none());
         guard.release().unwrap();
         assert!(!exists(&server, "wd"));
-        let extends = stats(&server)["extends"];
+        let extends = lw_stats(&server)["extends"];
         std::thread::sleep(Duration::from_millis(400));
-        assert_eq!(stats(&server)["extends"], extends, "renewals after release");
+        assert_eq!(lw_stats(&server)["extends"], extends, "renewals after release");
         assert!(!exists(&server, "wd"));
     }
 
@@ -259,7 +217,7 @@ for_each_flavor! {
         // Renewal every 500 ms.
         let opts = Options::new(Duration::from_millis(1500)).watchdog();
         let guard = locks.acquire("gone", "me", &opts).unwrap().unwrap();
-        wait_until("a first renewal", TIMEOUT, || info_field(&server, "gone", "extensions") >= 1);
+        wait_until("a first renewal", TIMEOUT, || lock_field(&server, "gone", "extensions") >= 1);
         assert_eq!(server.cmd_text(&["DEL", "gone"]), "1");
         let deleted = Instant::now();
         let reason = guard.loss().wait(TIMEOUT).expect("loss reported");
@@ -281,7 +239,7 @@ for_each_flavor! {
         let locks = client(&server);
         let opts = Options::new(Duration::from_millis(1500)).watchdog();
         let guard = locks.acquire("t", "me", &opts).unwrap().unwrap();
-        wait_until("a first renewal", TIMEOUT, || info_field(&server, "t", "extensions") >= 1);
+        wait_until("a first renewal", TIMEOUT, || lock_field(&server, "t", "extensions") >= 1);
         assert_eq!(server.cmd_text(&["DEL", "t"]), "1");
         assert!(server.cmd_text(&["LOCK.ACQUIRE", "t", "thief", "30000"]).starts_with('['));
         let taken = Instant::now();
@@ -289,11 +247,11 @@ for_each_flavor! {
         let took = taken.elapsed();
         assert!(matches!(reason, LossReason::NotOwner(_)), "reason {reason:?}");
         assert!(took < Duration::from_millis(500 + 600), "loss reported {took:?} after the takeover");
-        let info = lock_info(&server, "t").unwrap();
+        let info = lock_fields(&server, "t").unwrap();
         assert_eq!(info["owner"], "thief");
         assert_eq!(info["extensions"], "0");
         drop(guard);
-        assert_eq!(lock_info(&server, "t").unwrap()["owner"], "thief", "the stale guard's drop released it");
+        assert_eq!(lock_fields(&server, "t").unwrap()["owner"], "thief", "the stale guard's drop released it");
     }
 
     /// The server stops answering (SIGSTOP, like a partition): the watchdog
@@ -304,7 +262,7 @@ for_each_flavor! {
         let locks = client(&server);
         let ttl = Duration::from_millis(1500);
         let guard = locks.acquire("p", "me", &Options::new(ttl).watchdog()).unwrap().unwrap();
-        wait_until("a first renewal", TIMEOUT, || info_field(&server, "p", "extensions") >= 1);
+        wait_until("a first renewal", TIMEOUT, || lock_field(&server, "p", "extensions") >= 1);
         // No renewal can succeed after this: the lease ends at most `ttl`
         // from now.
         let paused = Instant::now();
@@ -331,7 +289,7 @@ for_each_flavor! {
         let locks = client(&server);
         let ttl = Duration::from_millis(1500);
         let guard = locks.acquire("rc", "me", &Options::new(ttl).watchdog()).unwrap().unwrap();
-        wait_until("a first renewal", TIMEOUT, || info_field(&server, "rc", "extensions") >= 1);
+        wait_until("a first renewal", TIMEOUT, || lock_field(&server, "rc", "extensions") >= 1);
         // Kill the watchdog's connection (the one that last ran LOCK.EXTEND).
         let list = server.cmd_text(&["CLIENT", "LIST"]);
         let id = list
@@ -342,12 +300,12 @@ for_each_flavor! {
             .unwrap_or_else(|| panic!("no watchdog connection in {list}"))
             .to_string();
         assert_eq!(server.cmd_text(&["CLIENT", "KILL", "ID", &id]), "1");
-        let killed_at = info_field(&server, "rc", "extensions");
+        let killed_at = lock_field(&server, "rc", "extensions");
         wait_until("a renewal on a new connection", TIMEOUT, || {
-            info_field(&server, "rc", "extensions") >= killed_at + 2
+            lock_field(&server, "rc", "extensions") >= killed_at + 2
         });
         assert!(!guard.loss().is_lost(), "{:?}", guard.loss().reason());
-        assert_eq!(lock_info(&server, "rc").unwrap()["token"], guard.token().to_string());
+        assert_eq!(lock_fields(&server, "rc").unwrap()["token"], guard.token().to_string());
 
         let paused = Instant::now();
         server.pause();
@@ -414,7 +372,7 @@ for_each_flavor! {
     fn release_never_races_renewal(flavor: Flavor) {
         let server = Server::start(flavor);
         let locks = client(&server);
-        let before = stats(&server);
+        let before = lw_stats(&server);
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()));
         let mut losses = Vec::new();
         for i in 0..200 {
@@ -442,7 +400,7 @@ for_each_flavor! {
         for (i, l) in losses.iter().enumerate() {
             assert!(!l.is_lost(), "iteration {i}: loss signalled after release: {:?}", l.reason());
         }
-        let after = stats(&server);
+        let after = lw_stats(&server);
         assert_eq!(after["releases"] - before["releases"], 200);
         assert_eq!(after["errors_notheld"], before["errors_notheld"], "a renewal or release found no lock");
         assert_eq!(after["errors_notowner"], before["errors_notowner"], "a renewal or release hit another grant");
@@ -461,14 +419,14 @@ for_each_flavor! {
         {
             let opts = Options::new(Duration::from_millis(300)).watchdog();
             let _g = locks.acquire("q", "me", &opts).unwrap().unwrap();
-            wait_until("a renewal", TIMEOUT, || info_field(&server, "q", "extensions") >= 1);
+            wait_until("a renewal", TIMEOUT, || lock_field(&server, "q", "extensions") >= 1);
         }
         assert!(!exists(&server, "q"));
-        let extends = stats(&server)["extends"];
+        let extends = lw_stats(&server)["extends"];
         std::thread::sleep(Duration::from_millis(400));
-        assert_eq!(stats(&server)["extends"], extends, "the watchdog outlived its guard");
+        assert_eq!(lw_stats(&server)["extends"], extends, "the watchdog outlived its guard");
         assert!(!exists(&server, "q"));
-        let s = stats(&server);
+        let s = lw_stats(&server);
         assert_eq!(s["releases"], 2);
         assert_eq!(s["locks_held"], 0);
     }

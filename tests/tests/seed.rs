@@ -67,7 +67,7 @@ for_each_flavor! {
             now.acquired_at,
             info.acquired_at + TTL
         );
-        assert_eq!(stat(&s, "expired_while_held"), 1);
+        assert_eq!(lw_stat(&s, "expired_while_held"), 1);
     }
 
     /// (2) Acquire then release: the key is gone.
@@ -82,7 +82,7 @@ for_each_flavor! {
         assert_eq!(pttl(&s, "seed:k"), -2);
         assert_eq!(lock_info(&s, "seed:k"), None);
         assert_eq!(dbsize(&s), 0);
-        assert_eq!(stat(&s, "locks_held"), 0);
+        assert_eq!(lw_stat(&s, "locks_held"), 0);
         assert!(acquire_ok(&s, "seed:k", "other", 10000) > t);
     }
 
@@ -108,8 +108,8 @@ for_each_flavor! {
             let info = held(&s, &key);
             assert_eq!((info.owner_str().as_str(), info.token), (winner, token));
         }
-        assert_eq!(stat(&s, "acquires_granted"), 3);
-        assert_eq!(stat(&s, "acquires_contended"), 3);
+        assert_eq!(lw_stat(&s, "acquires_granted"), 3);
+        assert_eq!(lw_stat(&s, "acquires_contended"), 3);
     }
 
     /// (5) 32 clients, 100 acquire / critical section / release cycles each,

@@ -2,83 +2,14 @@
 //! acquiring connection closes, bounded by their TTL, never releasing a lock
 //! that changed hands; non-session locks outlive their connection.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use lockwarden_tests::redis::{self, Connection, ConnectionLike, Value};
+use lockwarden_tests::locks::*;
+use lockwarden_tests::redis::Connection;
 use lockwarden_tests::*;
 
-/// `LOCK.INFO key` as `field -> rendered value`, `None` when free.
-fn lock_info(server: &Server, key: &str) -> Option<HashMap<String, String>> {
-    match server.cmd(&["LOCK.INFO", key]) {
-        Value::Nil => None,
-        Value::Array(items) => {
-            assert_eq!(items.len() % 2, 0, "LOCK.INFO {key}: odd reply");
-            Some(
-                items
-                    .chunks(2)
-                    .map(|p| (render(&p[0]), render(&p[1])))
-                    .collect(),
-            )
-        }
-        Value::Map(pairs) => Some(pairs.iter().map(|(k, v)| (render(k), render(v))).collect()),
-        other => panic!("LOCK.INFO {key}: unexpected reply {}", render(&other)),
-    }
-}
-
-fn info_field(server: &Server, key: &str, name: &str) -> i64 {
-    let info = lock_info(server, key).unwrap_or_else(|| panic!("LOCK.INFO {key}: lock is free"));
-    let v = info
-        .get(name)
-        .unwrap_or_else(|| panic!("LOCK.INFO {key} has no {name}: {info:?}"));
-    v.parse()
-        .unwrap_or_else(|_| panic!("LOCK.INFO {key} {name} = {v:?}"))
-}
-
-fn owner_of(server: &Server, key: &str) -> Option<String> {
-    lock_info(server, key).map(|i| i["owner"].clone())
-}
-
-/// `INFO lockwarden` as numbers, without the `lockwarden_` prefix.
-fn stats(server: &Server) -> HashMap<String, u64> {
-    server
-        .info("lockwarden")
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let name = k.strip_prefix("lockwarden_")?.to_string();
-            Some((name, v.parse().ok()?))
-        })
-        .collect()
-}
-
-fn grant(v: &Value) -> Option<(u64, u64)> {
-    match v {
-        Value::Nil => None,
-        Value::Array(items) if items.len() == 2 => match (&items[0], &items[1]) {
-            (Value::Int(t), Value::Int(ttl)) if *t > 0 && *ttl > 0 => {
-                Some((*t as u64, *ttl as u64))
-            }
-            _ => panic!("not a grant: {}", render(v)),
-        },
-        other => panic!("not a grant or nil: {}", render(other)),
-    }
-}
-
-/// Runs one command on `conn`; server errors come back as values.
-fn run(conn: &mut Connection, args: &[&str]) -> Value {
-    let mut cmd = redis::Cmd::new();
-    for a in args {
-        cmd.arg(*a);
-    }
-    conn.req_command(&cmd)
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
 fn client_id(conn: &mut Connection) -> i64 {
-    match run(conn, &["CLIENT", "ID"]) {
-        Value::Int(id) => id,
-        other => panic!("CLIENT ID: {}", render(&other)),
-    }
+    int(&req(conn, &["CLIENT", "ID"]))
 }
 
 /// The lw-client's `CLIENT ID` and grant, for `LOCK.ACQUIRE ...` run by a
@@ -102,10 +33,8 @@ fn parse_grant_line(line: &str) -> (u64, u64) {
 }
 
 /// Waits until `key` is free and returns how long that took.
-fn wait_gone(server: &Server, key: &str, since: Instant) -> Duration {
-    wait_until(&format!("{key} released"), TIMEOUT, || {
-        server.cmd_text(&["EXISTS", key]) == "0"
-    });
+fn wait_released(server: &Server, key: &str, since: Instant) -> Duration {
+    wait_gone(server, key, TIMEOUT);
     since.elapsed()
 }
 
@@ -113,11 +42,11 @@ for_each_flavor! {
     /// QUIT of the acquiring connection releases a session lock at once.
     fn released_on_quit(flavor: Flavor) {
         let server = Server::start(flavor);
-        let before = stats(&server);
+        let before = lw_stats(&server);
         let mut conn = server.client();
         let id = client_id(&mut conn);
-        let g = grant(&run(&mut conn, &["LOCK.ACQUIRE", "s", "me", "60000", "SESSION"])).expect("granted");
-        let info = lock_info(&server, "s").expect("held");
+        let g = grant(&req(&mut conn, &["LOCK.ACQUIRE", "s", "me", "60000", "SESSION"])).expect("granted");
+        let info = lock_fields(&server, "s").expect("held");
         assert_eq!(info["owner"], "me");
         assert_eq!(info["token"], g.0.to_string());
         assert_eq!(info["session"], "1");
@@ -125,15 +54,15 @@ for_each_flavor! {
         assert_eq!(info["client-connected"], "1");
         // Another connection's commands do not end the session.
         assert_eq!(server.cmd_text(&["PING"]), "PONG");
-        assert_eq!(info_field(&server, "s", "session"), 1);
+        assert_eq!(lock_field(&server, "s", "session"), 1);
 
-        assert_eq!(render(&run(&mut conn, &["QUIT"])), "OK");
+        assert_eq!(render(&req(&mut conn, &["QUIT"])), "OK");
         let quit_at = Instant::now();
         drop(conn);
-        let took = wait_gone(&server, "s", quit_at);
+        let took = wait_released(&server, "s", quit_at);
         assert!(took < Duration::from_secs(2), "released {took:?} after QUIT");
-        assert_eq!(lock_info(&server, "s"), None);
-        let after = stats(&server);
+        assert_eq!(lock_fields(&server, "s"), None);
+        let after = lw_stats(&server);
         assert_eq!(after["session_releases"] - before["session_releases"], 1);
         assert_eq!(after["expired_while_held"], before["expired_while_held"]);
         assert_eq!(after["deleted_while_held"], before["deleted_while_held"]);
@@ -145,7 +74,7 @@ for_each_flavor! {
     /// together, other connections' locks stay.
     fn released_on_kill9(flavor: Flavor) {
         let server = Server::start(flavor);
-        let before = stats(&server);
+        let before = lw_stats(&server);
         let mut p = spawn_client(
             server.port(),
             &[
@@ -160,29 +89,29 @@ for_each_flavor! {
         let id = &lines[0];
         for (key, line) in [("a", &lines[1]), ("b", &lines[2]), ("c", &lines[3])] {
             parse_grant_line(line);
-            assert_eq!(lock_info(&server, key).unwrap()["client-id"], *id);
-            assert_eq!(info_field(&server, key, "client-connected"), 1);
+            assert_eq!(lock_fields(&server, key).unwrap()["client-id"], *id);
+            assert_eq!(lock_field(&server, key, "client-connected"), 1);
         }
-        assert_eq!(info_field(&server, "a", "session"), 1);
-        assert_eq!(info_field(&server, "c", "session"), 0);
+        assert_eq!(lock_field(&server, "a", "session"), 1);
+        assert_eq!(lock_field(&server, "c", "session"), 0);
         let mut other = spawn_client(server.port(), &["LOCK.ACQUIRE d other 60000 SESSION"], true);
         parse_grant_line(&other.expect_line());
 
         let killed_at = Instant::now();
         p.kill();
         for key in ["a", "b"] {
-            let took = wait_gone(&server, key, killed_at);
+            let took = wait_released(&server, key, killed_at);
             assert!(took < Duration::from_secs(2), "{key} released {took:?} after kill -9");
         }
         // The non-session lock of the same connection and the other
         // connection's session lock stay.
         assert_eq!(owner_of(&server, "c").as_deref(), Some("me"));
         wait_until("c's client-connected drops to 0", TIMEOUT, || {
-            info_field(&server, "c", "client-connected") == 0
+            lock_field(&server, "c", "client-connected") == 0
         });
         assert_eq!(owner_of(&server, "d").as_deref(), Some("other"));
-        assert_eq!(info_field(&server, "d", "client-connected"), 1);
-        let after = stats(&server);
+        assert_eq!(lock_field(&server, "d", "client-connected"), 1);
+        let after = lw_stats(&server);
         assert_eq!(after["session_releases"] - before["session_releases"], 2);
         other.kill();
     }
@@ -190,26 +119,26 @@ for_each_flavor! {
     /// A lock taken without SESSION outlives its connection until its TTL.
     fn non_session_survives_disconnect(flavor: Flavor) {
         let server = Server::start(flavor);
-        let before = stats(&server);
+        let before = lw_stats(&server);
         let spawned = Instant::now();
         let (mut p, id, _) = held_client(&server, "LOCK.ACQUIRE n me 2000");
-        let info = lock_info(&server, "n").unwrap();
+        let info = lock_fields(&server, "n").unwrap();
         assert_eq!(info["session"], "0");
         assert_eq!(info["client-id"], id.to_string());
         assert_eq!(info["client-connected"], "1");
         p.kill();
         wait_until("client-connected drops to 0", TIMEOUT, || {
-            lock_info(&server, "n").is_none_or(|i| i["client-connected"] == "0")
+            lock_fields(&server, "n").is_none_or(|i| i["client-connected"] == "0")
         });
         if spawned.elapsed() < Duration::from_millis(1900) {
-            let info = lock_info(&server, "n").expect("still held after its connection closed");
+            let info = lock_fields(&server, "n").expect("still held after its connection closed");
             assert_eq!(info["owner"], "me");
             assert_eq!(info["client-id"], id.to_string(), "client-id is kept");
             assert_eq!(info["client-connected"], "0");
         }
-        let took = wait_gone(&server, "n", spawned);
+        let took = wait_released(&server, "n", spawned);
         assert!(took >= Duration::from_millis(2000 - 20), "gone after {took:?}, before its TTL");
-        let after = stats(&server);
+        let after = lw_stats(&server);
         assert_eq!(after["session_releases"], before["session_releases"]);
         assert_eq!(after["expired_while_held"] - before["expired_while_held"], 1);
     }
@@ -217,19 +146,19 @@ for_each_flavor! {
     /// The TTL still bounds a session lock whose connection stays open.
     fn session_lock_bounded_by_ttl(flavor: Flavor) {
         let server = Server::start(flavor);
-        let before = stats(&server);
+        let before = lw_stats(&server);
         let mut conn = server.client();
         let t0 = Instant::now();
-        assert!(grant(&run(&mut conn, &["LOCK.ACQUIRE", "t", "me", "500", "SESSION"])).is_some());
-        let took = wait_gone(&server, "t", t0);
+        assert!(grant(&req(&mut conn, &["LOCK.ACQUIRE", "t", "me", "500", "SESSION"])).is_some());
+        let took = wait_released(&server, "t", t0);
         assert!(took >= Duration::from_millis(500 - 20), "gone after {took:?}");
-        assert_eq!(render(&run(&mut conn, &["PING"])), "PONG", "the connection is still open");
+        assert_eq!(render(&req(&mut conn, &["PING"])), "PONG", "the connection is still open");
         // Someone else takes it; the session's end must not touch that lock.
         assert!(grant(&server.cmd(&["LOCK.ACQUIRE", "t", "next", "60000"])).is_some());
         drop(conn);
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(owner_of(&server, "t").as_deref(), Some("next"));
-        let after = stats(&server);
+        let after = lw_stats(&server);
         assert_eq!(after["session_releases"], before["session_releases"]);
         assert_eq!(after["expired_while_held"] - before["expired_while_held"], 1);
     }
@@ -240,31 +169,31 @@ for_each_flavor! {
     fn session_end_spares_new_holders(flavor: Flavor) {
         let server = Server::start(flavor);
         let mut a = server.client();
-        let before = stats(&server);
+        let before = lw_stats(&server);
         // Released, then re-acquired by another owner.
-        assert!(grant(&run(&mut a, &["LOCK.ACQUIRE", "rel", "a", "60000", "SESSION"])).is_some());
-        assert_eq!(render(&run(&mut a, &["LOCK.RELEASE", "rel", "a"])), "1");
+        assert!(grant(&req(&mut a, &["LOCK.ACQUIRE", "rel", "a", "60000", "SESSION"])).is_some());
+        assert_eq!(render(&req(&mut a, &["LOCK.RELEASE", "rel", "a"])), "1");
         assert!(grant(&server.cmd(&["LOCK.ACQUIRE", "rel", "b", "60000"])).is_some());
         // Deleted, then re-acquired with the same owner name elsewhere.
-        assert!(grant(&run(&mut a, &["LOCK.ACQUIRE", "del", "a", "60000", "SESSION"])).is_some());
+        assert!(grant(&req(&mut a, &["LOCK.ACQUIRE", "del", "a", "60000", "SESSION"])).is_some());
         assert_eq!(server.cmd_text(&["DEL", "del"]), "1");
         assert!(grant(&server.cmd(&["LOCK.ACQUIRE", "del", "a", "60000"])).is_some());
         // Expired, then re-acquired by another owner.
-        assert!(grant(&run(&mut a, &["LOCK.ACQUIRE", "exp", "a", "200", "SESSION"])).is_some());
-        wait_gone(&server, "exp", Instant::now());
+        assert!(grant(&req(&mut a, &["LOCK.ACQUIRE", "exp", "a", "200", "SESSION"])).is_some());
+        wait_released(&server, "exp", Instant::now());
         assert!(grant(&server.cmd(&["LOCK.ACQUIRE", "exp", "c", "60000"])).is_some());
         // And one that is still a's: it goes.
-        assert!(grant(&run(&mut a, &["LOCK.ACQUIRE", "mine", "a", "60000", "SESSION"])).is_some());
+        assert!(grant(&req(&mut a, &["LOCK.ACQUIRE", "mine", "a", "60000", "SESSION"])).is_some());
 
         drop(a);
         let closed = Instant::now();
-        let took = wait_gone(&server, "mine", closed);
+        let took = wait_released(&server, "mine", closed);
         assert!(took < Duration::from_secs(2), "released {took:?} after close");
         assert_eq!(owner_of(&server, "rel").as_deref(), Some("b"));
         assert_eq!(owner_of(&server, "del").as_deref(), Some("a"));
-        assert_eq!(info_field(&server, "del", "session"), 0);
+        assert_eq!(lock_field(&server, "del", "session"), 0);
         assert_eq!(owner_of(&server, "exp").as_deref(), Some("c"));
-        let after = stats(&server);
+        let after = lw_stats(&server);
         assert_eq!(after["session_releases"] - before["session_releases"], 1);
     }
 
@@ -274,11 +203,11 @@ for_each_flavor! {
         let server = Server::start(flavor);
         let mut owner_conn = server.client();
         let id = client_id(&mut owner_conn);
-        let (token, _) = grant(&run(&mut owner_conn, &["LOCK.ACQUIRE", "k", "me", "60000", "SESSION"])).unwrap();
+        let (token, _) = grant(&req(&mut owner_conn, &["LOCK.ACQUIRE", "k", "me", "60000", "SESSION"])).unwrap();
         let mut watchdog = server.client();
         let t = token.to_string();
-        assert_eq!(render(&run(&mut watchdog, &["LOCK.EXTEND", "k", "me", "30000", "FENCE", &t])), "30000");
-        let info = lock_info(&server, "k").unwrap();
+        assert_eq!(render(&req(&mut watchdog, &["LOCK.EXTEND", "k", "me", "30000", "FENCE", &t])), "30000");
+        let info = lock_fields(&server, "k").unwrap();
         assert_eq!(info["client-id"], id.to_string());
         assert_eq!(info["session"], "1");
         assert_eq!(info["extensions"], "1");
@@ -286,7 +215,7 @@ for_each_flavor! {
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(owner_of(&server, "k").as_deref(), Some("me"), "the extender's close released it");
         drop(owner_conn);
-        let took = wait_gone(&server, "k", Instant::now());
+        let took = wait_released(&server, "k", Instant::now());
         assert!(took < Duration::from_secs(2));
     }
 
@@ -297,10 +226,10 @@ for_each_flavor! {
         assert!(grant(&server.cmd(&["LOCK.ACQUIRE", "h", "holder", "60000"])).is_some());
         let mut w = spawn_client(server.port(), &["CLIENT ID", "LOCK.ACQUIRE h waiter 60000 WAIT 30000 SESSION"], true);
         let id = w.expect_line();
-        wait_until("waiter queued", TIMEOUT, || info_field(&server, "h", "waiters") == 1);
+        wait_until("waiter queued", TIMEOUT, || lock_field(&server, "h", "waiters") == 1);
         assert_eq!(server.cmd_text(&["LOCK.RELEASE", "h", "holder"]), "1");
         let (token, _) = parse_grant_line(&w.expect_line());
-        let info = lock_info(&server, "h").unwrap();
+        let info = lock_fields(&server, "h").unwrap();
         assert_eq!(info["owner"], "waiter");
         assert_eq!(info["token"], token.to_string());
         assert_eq!(info["session"], "1");
@@ -308,7 +237,7 @@ for_each_flavor! {
         assert_eq!(info["client-connected"], "1");
         let killed = Instant::now();
         w.kill();
-        let took = wait_gone(&server, "h", killed);
+        let took = wait_released(&server, "h", killed);
         assert!(took < Duration::from_secs(2), "released {took:?} after the waiter's close");
     }
 
@@ -319,20 +248,20 @@ for_each_flavor! {
         let server = Server::start(flavor);
         let mut a = server.client();
         let a_id = client_id(&mut a);
-        assert!(grant(&run(&mut a, &["LOCK.ACQUIRE", "r", "me", "60000", "SESSION"])).is_some());
+        assert!(grant(&req(&mut a, &["LOCK.ACQUIRE", "r", "me", "60000", "SESSION"])).is_some());
         assert_eq!(server.cmd_text(&["DEBUG", "RELOAD"]), "OK");
-        let info = lock_info(&server, "r").expect("kept by DEBUG RELOAD");
+        let info = lock_fields(&server, "r").expect("kept by DEBUG RELOAD");
         assert_eq!(info["session"], "1");
         assert_eq!(info["client-id"], a_id.to_string());
         assert_eq!(info["client-connected"], "1");
         drop(a);
-        let took = wait_gone(&server, "r", Instant::now());
+        let took = wait_released(&server, "r", Instant::now());
         assert!(took < Duration::from_secs(2), "released {took:?} after close");
 
         let (mut b, b_id, (token, _)) = held_client(&server, "LOCK.ACQUIRE s me 60000 SESSION");
         server.restart_clean(Shutdown::Save);
         b.kill();
-        let info = lock_info(&server, "s").expect("a session lock survives a restart (bounded by its TTL)");
+        let info = lock_fields(&server, "s").expect("a session lock survives a restart (bounded by its TTL)");
         assert_eq!(info["token"], token.to_string());
         assert_eq!(info["session"], "1");
         assert_eq!(info["client-id"], "0");
@@ -346,7 +275,7 @@ for_each_flavor! {
         }
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(owner_of(&server, "s").as_deref(), Some("me"));
-        assert_eq!(info_field(&server, "s", "token"), token as i64);
+        assert_eq!(lock_field(&server, "s", "token"), token as i64);
     }
 
     /// A same-owner retry decides: SESSION added or dropped by the latest
@@ -355,28 +284,28 @@ for_each_flavor! {
     fn session_follows_latest_acquire(flavor: Flavor) {
         let server = Server::start(flavor);
         let mut a = server.client();
-        let (t1, _) = grant(&run(&mut a, &["LOCK.ACQUIRE", "up", "me", "60000"])).unwrap();
-        let (t2, _) = grant(&run(&mut a, &["LOCK.ACQUIRE", "up", "me", "60000", "SESSION"])).unwrap();
+        let (t1, _) = grant(&req(&mut a, &["LOCK.ACQUIRE", "up", "me", "60000"])).unwrap();
+        let (t2, _) = grant(&req(&mut a, &["LOCK.ACQUIRE", "up", "me", "60000", "SESSION"])).unwrap();
         assert_eq!(t1, t2);
-        assert_eq!(info_field(&server, "up", "session"), 1);
-        assert!(grant(&run(&mut a, &["LOCK.ACQUIRE", "down", "me", "60000", "SESSION"])).is_some());
-        assert!(grant(&run(&mut a, &["LOCK.ACQUIRE", "down", "me", "60000"])).is_some());
-        assert_eq!(info_field(&server, "down", "session"), 0);
+        assert_eq!(lock_field(&server, "up", "session"), 1);
+        assert!(grant(&req(&mut a, &["LOCK.ACQUIRE", "down", "me", "60000", "SESSION"])).is_some());
+        assert!(grant(&req(&mut a, &["LOCK.ACQUIRE", "down", "me", "60000"])).is_some());
+        assert_eq!(lock_field(&server, "down", "session"), 0);
 
-        assert!(grant(&run(&mut a, &["LOCK.ACQUIRE", "moved", "me", "60000", "SESSION"])).is_some());
+        assert!(grant(&req(&mut a, &["LOCK.ACQUIRE", "moved", "me", "60000", "SESSION"])).is_some());
         let mut c = server.client();
         let c_id = client_id(&mut c);
-        assert!(grant(&run(&mut c, &["LOCK.ACQUIRE", "moved", "me", "60000", "SESSION"])).is_some());
-        assert_eq!(info_field(&server, "moved", "client-id"), c_id);
+        assert!(grant(&req(&mut c, &["LOCK.ACQUIRE", "moved", "me", "60000", "SESSION"])).is_some());
+        assert_eq!(lock_field(&server, "moved", "client-id"), c_id);
 
         drop(a);
-        let took = wait_gone(&server, "up", Instant::now());
+        let took = wait_released(&server, "up", Instant::now());
         assert!(took < Duration::from_secs(2));
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(owner_of(&server, "down").as_deref(), Some("me"), "no longer a session lock");
         assert_eq!(owner_of(&server, "moved").as_deref(), Some("me"), "bound to the retrying connection");
         drop(c);
-        let took = wait_gone(&server, "moved", Instant::now());
+        let took = wait_released(&server, "moved", Instant::now());
         assert!(took < Duration::from_secs(2));
         assert_eq!(owner_of(&server, "down").as_deref(), Some("me"));
     }
@@ -387,13 +316,13 @@ for_each_flavor! {
         let pair = ReplicaPair::start(flavor, |b| b);
         let (mut p, _, (token, _)) = held_client(&pair.primary, "LOCK.ACQUIRE r me 60000 SESSION");
         pair.wait_for_offset();
-        let info = lock_info(&pair.replica, "r").expect("replicated");
+        let info = lock_fields(&pair.replica, "r").expect("replicated");
         assert_eq!(info["token"], token.to_string());
         assert_eq!(info["session"], "1");
         assert_eq!(info["client-id"], "0");
         assert_eq!(info["client-connected"], "0");
         p.kill();
-        wait_gone(&pair.primary, "r", Instant::now());
+        wait_released(&pair.primary, "r", Instant::now());
         pair.wait_for_offset();
         assert_eq!(pair.replica.cmd_text(&["EXISTS", "r"]), "0");
         assert_eq!(

@@ -3,81 +3,13 @@
 //! session holder's disconnect; waiters that disconnect; no blocking inside
 //! MULTI/EXEC and scripts; replicas after a handoff; the wait statistics.
 
-use std::collections::HashMap;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, bounded};
+use lockwarden_tests::locks::*;
 use lockwarden_tests::redis::{self, ConnectionLike, Value};
 use lockwarden_tests::*;
-
-/// `LOCK.INFO key` as `field -> rendered value`, `None` when free.
-fn lock_info(server: &Server, key: &str) -> Option<HashMap<String, String>> {
-    match server.cmd(&["LOCK.INFO", key]) {
-        Value::Nil => None,
-        Value::Array(items) => {
-            assert_eq!(items.len() % 2, 0, "LOCK.INFO {key}: odd reply");
-            Some(
-                items
-                    .chunks(2)
-                    .map(|p| (render(&p[0]), render(&p[1])))
-                    .collect(),
-            )
-        }
-        Value::Map(pairs) => Some(pairs.iter().map(|(k, v)| (render(k), render(v))).collect()),
-        other => panic!("LOCK.INFO {key}: unexpected reply {}", render(&other)),
-    }
-}
-
-/// One numeric field of `LOCK.INFO key`; panics when the lock is free.
-fn info_field(server: &Server, key: &str, name: &str) -> i64 {
-    let info = lock_info(server, key).unwrap_or_else(|| panic!("LOCK.INFO {key}: lock is free"));
-    let v = info
-        .get(name)
-        .unwrap_or_else(|| panic!("LOCK.INFO {key} has no {name}: {info:?}"));
-    v.parse()
-        .unwrap_or_else(|_| panic!("LOCK.INFO {key} {name} = {v:?}"))
-}
-
-fn owner_of(server: &Server, key: &str) -> Option<String> {
-    lock_info(server, key).map(|i| i["owner"].clone())
-}
-
-/// `INFO lockwarden` as numbers, without the `lockwarden_` prefix.
-fn stats(server: &Server) -> HashMap<String, u64> {
-    server
-        .info("lockwarden")
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let name = k.strip_prefix("lockwarden_")?.to_string();
-            Some((name, v.parse().ok()?))
-        })
-        .collect()
-}
-
-fn stat(server: &Server, name: &str) -> u64 {
-    *stats(server)
-        .get(name)
-        .unwrap_or_else(|| panic!("INFO lockwarden has no {name}"))
-}
-
-/// A grant reply `[token, ttl]` → `Some((token, ttl))`; nil → `None`.
-fn grant(v: &Value) -> Option<(u64, u64)> {
-    match v {
-        Value::Nil => None,
-        Value::Array(items) if items.len() == 2 => match (&items[0], &items[1]) {
-            (Value::Int(t), Value::Int(ttl)) if *t > 0 && *ttl > 0 => {
-                Some((*t as u64, *ttl as u64))
-            }
-            _ => panic!("not a grant: {}", render(v)),
-        },
-        other => panic!("not a grant or nil: {}", render(other)),
-    }
-}
-
-fn acquire(server: &Server, key: &str, owner: &str, ttl: u64) -> Option<(u64, u64)> {
-    grant(&server.cmd(&["LOCK.ACQUIRE", key, owner, &ttl.to_string()]))
-}
 
 /// A command running on its own connection in a background thread (e.g. a
 /// blocked `LOCK.ACQUIRE ... WAIT`); the reply and the instant it arrived
@@ -168,7 +100,7 @@ fn queue_waiter(
         ],
     );
     wait_until(&format!("{owner} queued on {key}"), TIMEOUT, || {
-        lock_info(server, key).is_some_and(|i| i["waiters"] == queued_after.to_string())
+        lock_fields(server, key).is_some_and(|i| i["waiters"] == queued_after.to_string())
     });
     p
 }
@@ -179,7 +111,7 @@ for_each_flavor! {
     /// returns, with increasing tokens.
     fn wait_fifo_order(flavor: Flavor) {
         let server = Server::start(flavor);
-        let before = stats(&server);
+        let before = lw_stats(&server);
         let (first_token, _) = acquire(&server, "q", "holder", 30000).expect("free lock");
         let owners: Vec<String> = (1..=5).map(|i| format!("w{i}")).collect();
         let mut waiters: Vec<Pending> = owners
@@ -187,12 +119,12 @@ for_each_flavor! {
             .enumerate()
             .map(|(i, o)| queue_waiter(&server, "q", o, 30000, 20000, i as i64 + 1))
             .collect();
-        assert_eq!(stat(&server, "waiters"), 5);
+        assert_eq!(lw_stat(&server, "waiters"), 5);
 
         // The holder itself asking with WAIT is a same-owner retry: at once.
         let again = server.cmd(&["LOCK.ACQUIRE", "q", "holder", "30000", "WAIT", "10000"]);
         assert_eq!(grant(&again).map(|g| g.0), Some(first_token));
-        assert_eq!(info_field(&server, "q", "waiters"), 5);
+        assert_eq!(lock_field(&server, "q", "waiters"), 5);
 
         let mut current = "holder".to_string();
         let mut last_token = first_token;
@@ -200,7 +132,7 @@ for_each_flavor! {
             assert_eq!(server.cmd_text(&["LOCK.RELEASE", "q", &current]), "1");
             // The grant is made inside the release: no window where the
             // lock is free.
-            let info = lock_info(&server, "q").expect("handed to the next waiter");
+            let info = lock_fields(&server, "q").expect("handed to the next waiter");
             assert_eq!(info["owner"], owners[i], "grant order after {i} releases");
             assert_eq!(info["waiters"], (owners.len() - i - 1).to_string());
             let (reply, _) = waiters[i].wait(TIMEOUT);
@@ -216,7 +148,7 @@ for_each_flavor! {
         }
         assert_eq!(server.cmd_text(&["LOCK.RELEASE", "q", &current]), "1");
         assert_eq!(server.cmd_text(&["EXISTS", "q"]), "0");
-        let after = stats(&server);
+        let after = lw_stats(&server);
         assert_eq!(after["handoffs"] - before["handoffs"], 5);
         assert_eq!(after["waiters"], 0);
         assert_eq!(after["wait_timeouts"], before["wait_timeouts"]);
@@ -226,20 +158,20 @@ for_each_flavor! {
     /// leaves the queue; the lock is untouched.
     fn wait_timeout(flavor: Flavor) {
         let server = Server::start(flavor);
-        let before = stats(&server);
+        let before = lw_stats(&server);
         let (token, _) = acquire(&server, "t", "holder", 30000).unwrap();
         let mut w = Pending::spawn(&server, &["LOCK.ACQUIRE", "t", "late", "5000", "WAIT", "800"]);
-        wait_until("the waiter is queued", TIMEOUT, || info_field(&server, "t", "waiters") == 1);
-        assert_eq!(stat(&server, "waiters"), 1);
+        wait_until("the waiter is queued", TIMEOUT, || lock_field(&server, "t", "waiters") == 1);
+        assert_eq!(lw_stat(&server, "waiters"), 1);
         let (reply, at) = w.wait(TIMEOUT);
         assert_eq!(reply, Value::Nil, "timeout reply");
         let waited = at - w.sent;
         assert!(waited >= Duration::from_millis(780), "nil after only {waited:?}");
         assert!(waited < Duration::from_millis(800 + 2000), "nil after {waited:?}");
-        assert_eq!(info_field(&server, "t", "waiters"), 0);
+        assert_eq!(lock_field(&server, "t", "waiters"), 0);
         assert_eq!(owner_of(&server, "t").as_deref(), Some("holder"));
-        assert_eq!(info_field(&server, "t", "token"), token as i64);
-        let after = stats(&server);
+        assert_eq!(lock_field(&server, "t", "token"), token as i64);
+        let after = lw_stats(&server);
         assert_eq!(after["waiters"], 0);
         assert_eq!(after["wait_timeouts"] - before["wait_timeouts"], 1);
         assert_eq!(after["handoffs"], before["handoffs"]);
@@ -253,11 +185,11 @@ for_each_flavor! {
         let mut short = queue_waiter(&server, "t", "short", 5000, 300, 2);
         assert_eq!(short.wait(TIMEOUT).0, Value::Nil);
         assert!(long.is_pending(), "the longer wait ended with the shorter one");
-        assert_eq!(info_field(&server, "t", "waiters"), 1);
+        assert_eq!(lock_field(&server, "t", "waiters"), 1);
         assert_eq!(long.wait(TIMEOUT).0, Value::Nil);
-        assert_eq!(info_field(&server, "t", "waiters"), 0);
-        assert_eq!(stat(&server, "wait_timeouts") - before["wait_timeouts"], 3);
-        assert_eq!(stat(&server, "waiters"), 0);
+        assert_eq!(lock_field(&server, "t", "waiters"), 0);
+        assert_eq!(lw_stat(&server, "wait_timeouts") - before["wait_timeouts"], 3);
+        assert_eq!(lw_stat(&server, "waiters"), 0);
     }
 
     /// On release the waiter's one blocked command is answered at once; a
@@ -278,7 +210,7 @@ for_each_flavor! {
         assert!(latency < Duration::from_millis(500), "handoff took {latency:?}");
         assert!(ttl <= 10000);
         assert_eq!(owner_of(&server, "r").as_deref(), Some("next"));
-        assert_eq!(info_field(&server, "r", "token"), token as i64);
+        assert_eq!(lock_field(&server, "r", "token"), token as i64);
         // The waiter sent exactly one command: it did not poll.
         assert_eq!(acquire_calls(&server) - calls_before, 1);
     }
@@ -289,13 +221,13 @@ for_each_flavor! {
     fn handoff_on_expiry(flavor: Flavor) {
         let server = Server::start(flavor);
         assert_eq!(server.cmd_text(&["DEBUG", "SET-ACTIVE-EXPIRE", "0"]), "OK");
-        let before = stats(&server);
+        let before = lw_stats(&server);
         let t0 = Instant::now();
         let (old_token, _) = acquire(&server, "e", "crashed", 1000).unwrap();
         let t1 = Instant::now();
         let mut w = Pending::spawn(&server, &["LOCK.ACQUIRE", "e", "heir", "10000", "WAIT", "15000"]);
         // Watch the global counter only: touching the key could expire it.
-        wait_until("the waiter is queued", TIMEOUT, || stat(&server, "waiters") == 1);
+        wait_until("the waiter is queued", TIMEOUT, || lw_stat(&server, "waiters") == 1);
         let (reply, at) = w.wait(TIMEOUT);
         let (token, _) = grant(&reply).expect("granted at expiry");
         assert!(token > old_token);
@@ -304,8 +236,8 @@ for_each_flavor! {
         assert!(at >= early, "granted {:?} before the holder's deadline", early - at);
         assert!(at <= late, "granted {:?} after the holder's deadline + 500 ms", at - late);
         assert_eq!(owner_of(&server, "e").as_deref(), Some("heir"));
-        assert_eq!(info_field(&server, "e", "token"), token as i64);
-        let after = stats(&server);
+        assert_eq!(lock_field(&server, "e", "token"), token as i64);
+        let after = lw_stats(&server);
         assert_eq!(after["handoffs"] - before["handoffs"], 1);
         assert_eq!(after["expired_while_held"] - before["expired_while_held"], 1);
         assert_eq!(after["waiters"], 0);
@@ -314,7 +246,7 @@ for_each_flavor! {
         // new deadline, later...
         assert_eq!(server.cmd_text(&["LOCK.EXTEND", "e", "heir", "3000"]), "3000");
         let mut w2 = Pending::spawn(&server, &["LOCK.ACQUIRE", "e", "third", "20000", "WAIT", "15000"]);
-        wait_until("the second waiter is queued", TIMEOUT, || stat(&server, "waiters") == 1);
+        wait_until("the second waiter is queued", TIMEOUT, || lw_stat(&server, "waiters") == 1);
         let t0 = Instant::now();
         assert_eq!(server.cmd_text(&["LOCK.EXTEND", "e", "heir", "4000"]), "4000");
         let t1 = Instant::now();
@@ -335,7 +267,7 @@ for_each_flavor! {
         assert_eq!(server.cmd_text(&["DEBUG", "SET-ACTIVE-EXPIRE", "0"]), "OK");
         acquire(&server, "e", "third", 20000).unwrap();
         let mut w3 = Pending::spawn(&server, &["LOCK.ACQUIRE", "e", "fourth", "10000", "WAIT", "30000"]);
-        wait_until("the third waiter is queued", TIMEOUT, || stat(&server, "waiters") == 1);
+        wait_until("the third waiter is queued", TIMEOUT, || lw_stat(&server, "waiters") == 1);
         let t0 = Instant::now();
         assert_eq!(server.cmd_text(&["LOCK.EXTEND", "e", "third", "1000"]), "1000");
         let t1 = Instant::now();
@@ -366,19 +298,19 @@ for_each_flavor! {
         let (reply, _) = small.wait(TIMEOUT);
         assert_eq!(grant(&reply).map(|g| g.1), Some(3000), "small: {}", render(&reply));
         assert_eq!(owner_of(&server, "c").as_deref(), Some("small"));
-        assert_eq!(info_field(&server, "c", "waiters"), 1);
+        assert_eq!(lock_field(&server, "c", "waiters"), 1);
         assert_eq!(server.cmd_text(&["CONFIG", "SET", "lockwarden.clamp-ttl", "yes"]), "OK");
         assert_eq!(server.cmd_text(&["LOCK.RELEASE", "c", "small"]), "1");
         let (reply, _) = clamped.wait(TIMEOUT);
         assert_eq!(grant(&reply).map(|g| g.1), Some(5000), "clamped: {}", render(&reply));
         assert_eq!(owner_of(&server, "c").as_deref(), Some("clamped"));
-        assert_eq!(stat(&server, "waiters"), 0);
+        assert_eq!(lw_stat(&server, "waiters"), 0);
     }
 
     /// `DEL` of a held lock hands it to the head waiter.
     fn handoff_on_del(flavor: Flavor) {
         let server = Server::start(flavor);
-        let before = stats(&server);
+        let before = lw_stats(&server);
         acquire(&server, "d", "holder", 30000).unwrap();
         let mut w1 = queue_waiter(&server, "d", "w1", 30000, 20000, 1);
         let mut w2 = queue_waiter(&server, "d", "w2", 30000, 20000, 2);
@@ -390,12 +322,12 @@ for_each_flavor! {
         assert!(latency < Duration::from_millis(1000), "handoff after DEL took {latency:?}");
         assert_eq!(owner_of(&server, "d").as_deref(), Some("w1"));
         assert!(w2.is_pending());
-        assert_eq!(info_field(&server, "d", "waiters"), 1);
+        assert_eq!(lock_field(&server, "d", "waiters"), 1);
         // UNLINK too.
         assert_eq!(server.cmd_text(&["UNLINK", "d"]), "1");
         assert!(grant(&w2.wait(TIMEOUT).0).is_some(), "w2 granted after UNLINK");
         assert_eq!(owner_of(&server, "d").as_deref(), Some("w2"));
-        let after = stats(&server);
+        let after = lw_stats(&server);
         assert_eq!(after["handoffs"] - before["handoffs"], 2);
         assert_eq!(after["deleted_while_held"] - before["deleted_while_held"], 2);
         assert_eq!(after["waiters"], 0);
@@ -423,7 +355,7 @@ for_each_flavor! {
             });
             Pending { what: "db 3 waiter".into(), sent, rx, done: None, _thread: thread }
         };
-        wait_until("the db 3 waiter is queued", TIMEOUT, || stat(&server, "waiters") == 2);
+        wait_until("the db 3 waiter is queued", TIMEOUT, || lw_stat(&server, "waiters") == 2);
         let flushed_at = Instant::now();
         assert_eq!(server.cmd_text(&["FLUSHALL"]), "OK");
         for (w, owner) in [(&mut w0, "w0"), (&mut w3, "w3")] {
@@ -436,17 +368,17 @@ for_each_flavor! {
         let info3: Value = redis::cmd("LOCK.INFO").arg("f").query(&mut c3).unwrap();
         assert!(render(&info3).starts_with("[owner w3 "), "db 3: {}", render(&info3));
         assert_eq!(server.cmd_text(&["DBSIZE"]), "1");
-        assert_eq!(stat(&server, "waiters"), 0);
+        assert_eq!(lw_stat(&server, "waiters"), 0);
     }
 
     /// A SESSION holder's connection closes (kill -9 of its process): the
     /// waiter gets the lock at once, long before the holder's TTL.
     fn handoff_on_session_close(flavor: Flavor) {
         let server = Server::start(flavor);
-        let before = stats(&server);
+        let before = lw_stats(&server);
         let mut holder = spawn_client(server.port(), &["LOCK.ACQUIRE s holder 60000 SESSION"], true);
         assert!(holder.expect_line().starts_with('['), "holder acquired");
-        assert_eq!(info_field(&server, "s", "session"), 1);
+        assert_eq!(lock_field(&server, "s", "session"), 1);
         let mut w = queue_waiter(&server, "s", "next", 30000, 30000, 1);
         let killed_at = Instant::now();
         holder.kill();
@@ -455,7 +387,7 @@ for_each_flavor! {
         let latency = at.saturating_duration_since(killed_at);
         assert!(latency < Duration::from_millis(2000), "session handoff took {latency:?}");
         assert_eq!(owner_of(&server, "s").as_deref(), Some("next"));
-        let after = stats(&server);
+        let after = lw_stats(&server);
         assert_eq!(after["session_releases"] - before["session_releases"], 1);
         assert_eq!(after["handoffs"] - before["handoffs"], 1);
         assert_eq!(after["waiters"], 0);
@@ -466,26 +398,26 @@ for_each_flavor! {
         let server = Server::start(flavor);
         acquire(&server, "x", "holder", 30000).unwrap();
         let mut gone = spawn_client(server.port(), &["LOCK.ACQUIRE x gone 30000 WAIT 30000"], true);
-        wait_until("gone is queued", TIMEOUT, || info_field(&server, "x", "waiters") == 1);
+        wait_until("gone is queued", TIMEOUT, || lock_field(&server, "x", "waiters") == 1);
         let mut next = queue_waiter(&server, "x", "next", 30000, 30000, 2);
-        assert_eq!(stat(&server, "waiters"), 2);
+        assert_eq!(lw_stat(&server, "waiters"), 2);
         gone.kill();
         wait_until("the dead waiter leaves the queue", TIMEOUT, || {
-            info_field(&server, "x", "waiters") == 1
+            lock_field(&server, "x", "waiters") == 1
         });
-        assert_eq!(stat(&server, "waiters"), 1);
+        assert_eq!(lw_stat(&server, "waiters"), 1);
         assert!(next.is_pending());
         assert_eq!(server.cmd_text(&["LOCK.RELEASE", "x", "holder"]), "1");
         assert_eq!(owner_of(&server, "x").as_deref(), Some("next"));
         assert!(grant(&next.wait(TIMEOUT).0).is_some());
-        assert_eq!(stat(&server, "waiters"), 0);
+        assert_eq!(lw_stat(&server, "waiters"), 0);
 
         // The only waiter dies: the queue disappears, a release frees the key.
         let mut lone = spawn_client(server.port(), &["LOCK.ACQUIRE x lone 30000 WAIT 30000"], true);
-        wait_until("lone is queued", TIMEOUT, || info_field(&server, "x", "waiters") == 1);
+        wait_until("lone is queued", TIMEOUT, || lock_field(&server, "x", "waiters") == 1);
         lone.kill();
-        wait_until("lone leaves the queue", TIMEOUT, || stat(&server, "waiters") == 0);
-        assert_eq!(info_field(&server, "x", "waiters"), 0);
+        wait_until("lone leaves the queue", TIMEOUT, || lw_stat(&server, "waiters") == 0);
+        assert_eq!(lock_field(&server, "x", "waiters"), 0);
         assert_eq!(server.cmd_text(&["LOCK.RELEASE", "x", "next"]), "1");
         assert_eq!(server.cmd_text(&["EXISTS", "x"]), "0");
     }
@@ -513,10 +445,10 @@ for_each_flavor! {
         assert_eq!(replies.len(), 2, "EXEC: {}", render(&exec));
         assert_eq!(replies[0], Value::Nil, "held lock inside MULTI: {}", render(&exec));
         assert!(grant(&replies[1]).is_some(), "free lock inside MULTI: {}", render(&exec));
-        assert_eq!(info_field(&server, "m", "waiters"), 0);
+        assert_eq!(lock_field(&server, "m", "waiters"), 0);
         assert_eq!(owner_of(&server, "m").as_deref(), Some("holder"));
         assert_eq!(owner_of(&server, "m2").as_deref(), Some("tx"));
-        assert_eq!(stat(&server, "waiters"), 0);
+        assert_eq!(lw_stat(&server, "waiters"), 0);
         // The connection is usable afterwards.
         assert_eq!(render(&conn.req_command(&redis::cmd("PING")).unwrap()), "PONG");
     }
@@ -534,9 +466,9 @@ for_each_flavor! {
         let free = server.cmd(&["EVAL", script, "1", "l2", "lua"]);
         assert!(grant(&free).is_some(), "EVAL on a free lock: {}", render(&free));
         assert_eq!(owner_of(&server, "l").as_deref(), Some("holder"));
-        assert_eq!(info_field(&server, "l", "waiters"), 0);
+        assert_eq!(lock_field(&server, "l", "waiters"), 0);
         assert_eq!(owner_of(&server, "l2").as_deref(), Some("lua"));
-        assert_eq!(stat(&server, "waiters"), 0);
+        assert_eq!(lw_stat(&server, "waiters"), 0);
         assert_eq!(server.cmd_text(&["PING"]), "PONG");
     }
 
@@ -544,35 +476,35 @@ for_each_flavor! {
     /// client leaves the queue.
     fn client_unblock_leaves_queue(flavor: Flavor) {
         let server = Server::start(flavor);
-        let before = stats(&server);
+        let before = lw_stats(&server);
         acquire(&server, "u", "holder", 30000).unwrap();
         let mut a = LwClient::new(server.port())
             .cmds(&["CLIENT ID", "LOCK.ACQUIRE u a 30000 WAIT 30000"])
             .interactive()
             .spawn();
         let a_id = a.expect_line();
-        wait_until("a queued", TIMEOUT, || info_field(&server, "u", "waiters") == 1);
+        wait_until("a queued", TIMEOUT, || lock_field(&server, "u", "waiters") == 1);
         let mut b = LwClient::new(server.port())
             .cmds(&["CLIENT ID", "LOCK.ACQUIRE u b 30000 WAIT 30000"])
             .interactive()
             .spawn();
         let b_id = b.expect_line();
-        wait_until("b queued", TIMEOUT, || info_field(&server, "u", "waiters") == 2);
+        wait_until("b queued", TIMEOUT, || lock_field(&server, "u", "waiters") == 2);
         let mut c = queue_waiter(&server, "u", "c", 30000, 30000, 3);
 
         assert_eq!(server.cmd_text(&["CLIENT", "UNBLOCK", &a_id]), "1");
         assert_eq!(a.expect_line(), "(nil)");
-        assert_eq!(info_field(&server, "u", "waiters"), 2);
+        assert_eq!(lock_field(&server, "u", "waiters"), 2);
         assert_eq!(server.cmd_text(&["CLIENT", "UNBLOCK", &b_id, "ERROR"]), "1");
         let line = b.expect_line();
         assert!(line.starts_with("(error) UNBLOCKED"), "{line}");
-        wait_until("b left the queue", TIMEOUT, || info_field(&server, "u", "waiters") == 1);
-        assert_eq!(stat(&server, "waiters"), 1);
+        wait_until("b left the queue", TIMEOUT, || lock_field(&server, "u", "waiters") == 1);
+        assert_eq!(lw_stat(&server, "waiters"), 1);
         assert_eq!(server.cmd_text(&["LOCK.RELEASE", "u", "holder"]), "1");
         assert_eq!(owner_of(&server, "u").as_deref(), Some("c"));
         assert!(grant(&c.wait(TIMEOUT).0).is_some());
-        assert_eq!(stat(&server, "waiters"), 0);
-        assert_eq!(stat(&server, "handoffs") - before["handoffs"], 1);
+        assert_eq!(lw_stat(&server, "waiters"), 0);
+        assert_eq!(lw_stat(&server, "handoffs") - before["handoffs"], 1);
         // The unblocked clients' connections still work and hold nothing.
         assert_eq!(a.exec("PING"), "PONG");
         assert_eq!(b.exec("PING"), "PONG");
@@ -626,7 +558,7 @@ for_each_flavor! {
         let (t1, _) = grant(&w1.wait(TIMEOUT).0).expect("w1 granted from EXEC");
         pair.wait_for_offset();
         assert_same(p, r, "ms");
-        assert_eq!(info_field(r, "ms", "token"), t1 as i64);
+        assert_eq!(lock_field(r, "ms", "token"), t1 as i64);
 
         let released = p.cmd(&["EVAL", "return redis.call('LOCK.RELEASE', KEYS[1], ARGV[1])", "1", "ms", "w1"]);
         assert_eq!(render(&released), "1");
@@ -636,7 +568,7 @@ for_each_flavor! {
         pair.wait_for_offset();
         assert_same(p, r, "ms");
         assert_eq!(owner_of(r, "ms").as_deref(), Some("w2"));
-        assert_eq!(info_field(r, "ms", "token"), t2 as i64);
+        assert_eq!(lock_field(r, "ms", "token"), t2 as i64);
     }
 
     /// After handoffs (on release, and at expiry from the timer) the replica
@@ -654,7 +586,7 @@ for_each_flavor! {
         pair.wait_for_offset();
         assert_same(p, r, "h");
         assert_eq!(owner_of(r, "h").as_deref(), Some("w1"));
-        assert_eq!(info_field(r, "h", "token"), t1 as i64);
+        assert_eq!(lock_field(r, "h", "token"), t1 as i64);
 
         // w1 never releases: w2 gets the lock from the expiry timer.
         let (t2, _) = grant(&w2.wait(TIMEOUT).0).expect("w2 granted at expiry");
@@ -662,14 +594,14 @@ for_each_flavor! {
         pair.wait_for_offset();
         assert_same(p, r, "h");
         assert_eq!(owner_of(r, "h").as_deref(), Some("w2"));
-        assert_eq!(info_field(r, "h", "token"), t2 as i64);
+        assert_eq!(lock_field(r, "h", "token"), t2 as i64);
         assert_eq!(p.cmd_text(&["DEBUG", "DIGEST"]), r.cmd_text(&["DEBUG", "DIGEST"]));
     }
 
     /// INFO handoffs and the wait-time distribution move with real waits.
     fn wait_stats(flavor: Flavor) {
         let server = Server::start(flavor);
-        let before = stats(&server);
+        let before = lw_stats(&server);
         assert_eq!(before["wait_max_us"], 0);
         acquire(&server, "w", "holder", 30000).unwrap();
         let mut w = queue_waiter(&server, "w", "waiter", 30000, 20000, 1);
@@ -677,8 +609,8 @@ for_each_flavor! {
         assert_eq!(server.cmd_text(&["LOCK.RELEASE", "w", "holder"]), "1");
         let (reply, at) = w.wait(TIMEOUT);
         assert!(grant(&reply).is_some());
-        let waited_us = (at - w.sent).as_micros() as u64;
-        let after = stats(&server);
+        let waited_us = (at - w.sent).as_micros() as i64;
+        let after = lw_stats(&server);
         assert_eq!(after["handoffs"] - before["handoffs"], 1);
         let max = after["wait_max_us"];
         assert!(max >= 300_000, "wait_max_us {max} < 300 ms");
@@ -700,7 +632,7 @@ for_each_flavor! {
             assert_eq!(server.cmd_text(&["LOCK.RELEASE", "w", &prev]), "1");
             assert!(grant(&q.wait(TIMEOUT).0).is_some());
         }
-        let last = stats(&server);
+        let last = lw_stats(&server);
         assert_eq!(last["handoffs"] - before["handoffs"], 10);
         assert_eq!(last["wait_max_us"], max);
         assert!(last["wait_p50_us"] < 300_000, "wait_p50_us {}", last["wait_p50_us"]);
@@ -723,8 +655,7 @@ fn acquire_calls(server: &Server) -> u64 {
 
 /// `key` has the same value (digest) on both servers.
 fn assert_same(primary: &Server, replica: &Server, key: &str) {
-    let a = primary.cmd_text(&["DEBUG", "DIGEST-VALUE", key]);
-    let b = replica.cmd_text(&["DEBUG", "DIGEST-VALUE", key]);
+    let (a, b) = (digest(primary, key), digest(replica, key));
     assert!(!a.starts_with("(error)"), "DEBUG DIGEST-VALUE: {a}");
     assert_eq!(a, b, "{key}: primary and replica differ");
     assert_ne!(

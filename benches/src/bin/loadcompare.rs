@@ -21,11 +21,11 @@
 //! Contended blocking acquire vs polling is the `waitcompare` binary.
 
 use lockwarden_benches::cli::{self, Args};
-use lockwarden_benches::drive::{self, BenchTool};
+use lockwarden_benches::drive::{self, BenchTool, acquire_cmd, script_load, set_nx_cmd};
 use lockwarden_benches::info;
 use lockwarden_benches::report::{Compare, Report, Row, Target};
 use lockwarden_benches::server::Server;
-use lockwarden_benches::{OWNER, Result, TTL_MS, err};
+use lockwarden_benches::{LUA_RELEASE, OWNER, Result, TTL_MS, err};
 use redis::Connection;
 use std::path::PathBuf;
 
@@ -54,9 +54,6 @@ environment:
 /// `INCR KEYS[2]` (a Redisson-style fenced lock).
 const LUA_ACQUIRE: &str = "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
     return redis.call('INCR', KEYS[2]) end return false";
-/// Compare-and-delete: the classic safe release of a `SET NX` lock.
-const LUA_RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
-    return redis.call('DEL', KEYS[1]) else return 0 end";
 /// Compare-and-`PEXPIRE`: the classic extension of a `SET NX` lock.
 const LUA_EXTEND: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
     return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
@@ -118,10 +115,7 @@ const SCENARIOS: &[(&str, &str, Scenario)] = &[
 ];
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("loadcompare: {e}");
-        std::process::exit(1);
-    }
+    lockwarden_benches::main_of("loadcompare", run);
 }
 
 fn run() -> Result<()> {
@@ -159,33 +153,16 @@ fn run() -> Result<()> {
         return err(format!("--only: no scenario '{bad}'"));
     }
 
-    let module = cli::module_path();
-    let binary = args.string("server", "redis-server");
-    eprintln!("starting {binary} with {}", module.display());
-    let server = Server::start(&binary, &module)?;
-    let mut con = server.connect()?;
+    let (server, mut con, mut report) = lockwarden_benches::start(&args, "lockwarden loadcompare")?;
     let shas = Shas {
         acquire: script_load(&mut con, LUA_ACQUIRE)?,
         release: script_load(&mut con, LUA_RELEASE)?,
         extend: script_load(&mut con, LUA_EXTEND)?,
     };
-
-    let mut report = Report::new("lockwarden loadcompare");
-    report.context("date", cli::utc_now());
-    report.context(
-        "server",
-        format!(
-            "{} ({binary}), module {}",
-            server.version()?,
-            module.display()
-        ),
-    );
     report.context(
         "load tool",
         format!("{} ({})", tool.describe(), cli::tool_version(&tool.bin)),
     );
-    report.context("machine", cli::machine());
-    report.context("build", cli::build_id(&module));
     let mut cx = Ctx {
         // Many short rounds rather than a few long ones: on a shared machine
         // the two halves of a pair are more likely to see the same load.
@@ -231,10 +208,6 @@ fn run() -> Result<()> {
         return err("some scenarios failed (see above)");
     }
     Ok(())
-}
-
-fn script_load(con: &mut Connection, script: &str) -> Result<String> {
-    Ok(redis::cmd("SCRIPT").arg("LOAD").arg(script).query(con)?)
 }
 
 /// `lock:000000000042`: the same shape as the keys `-r` makes.
@@ -325,65 +298,64 @@ fn acquire(cx: &mut Ctx) -> Result<()> {
     // Random keys repeat a little (n²/2r of them); anything far below n
     // means commands failed.
     let min_keys = cx.tool.requests * 98 / 100;
-    let port = cx.server.port();
-    let requests = cx.tool.requests;
     let results = alternate(cx.rounds, variants.len(), |round, v| {
         let (label, stat, cmd) = &variants[v];
-        info::fresh_round(&mut cx.con)?;
-        let m = measure(&mut cx.con, stat, requests, |_| cx.tool.run(port, cmd))?;
-        expect_no_failures(&mut cx.con, stat)?;
+        let m = benchmark_round(cx, stat, cmd)?;
         expect_keys(&mut cx.con, min_keys, label)?;
         eprintln!("  round {round}: {label:<13} {}", m.show("req/s"));
         Ok(m)
     })?;
-    let rps = |v: usize| col(&results, v, |m| m.rate);
-    let usec = |v: usize| col(&results, v, |m| m.usec);
-    let cpu = |v: usize| col(&results, v, |m| m.cpu_us);
+    let (ours, set, lua) = (("ACQUIRE", 0), ("SET NX", 1), ("Lua fenced", 2));
+    let rate = Metric::Rate("req/s");
     let r = &mut cx.report;
     r.row(
-        Row::paired(
+        compare(
+            &results,
             "(a) acquire: server CPU",
-            ("ACQUIRE", &usec(0)),
-            ("SET NX", &usec(1)),
-            "µs/call",
-            Compare::Ratio,
+            Metric::ServerCpu,
+            ours,
+            set,
         )
         .target(Target::AtMost(1.3))
         .aim(1.0),
     );
-    r.row(Row::paired(
+    r.row(compare(
+        &results,
         "(a) acquire: server CPU",
-        ("ACQUIRE", &usec(0)),
-        ("Lua fenced", &usec(2)),
-        "µs/call",
-        Compare::Ratio,
+        Metric::ServerCpu,
+        ours,
+        lua,
     ));
-    r.row(Row::paired(
+    r.row(compare(
+        &results,
         "(a) acquire: main-thread CPU/request",
-        ("ACQUIRE", &cpu(0)),
-        ("SET NX", &cpu(1)),
-        "µs/req",
-        Compare::Ratio,
+        Metric::MainThreadCpu,
+        ours,
+        set,
     ));
     r.row(
-        Row::paired(
-            "(a) acquire: throughput",
-            ("ACQUIRE", &rps(0)),
-            ("SET NX", &rps(1)),
-            "req/s",
-            Compare::Ratio,
-        )
-        .target(Target::AtLeast(1.0 / 1.3))
-        .aim(1.0),
+        compare(&results, "(a) acquire: throughput", rate, ours, set)
+            .target(Target::AtLeast(1.0 / 1.3))
+            .aim(1.0),
     );
-    r.row(Row::paired(
+    r.row(compare(
+        &results,
         "(a) acquire: throughput",
-        ("ACQUIRE", &rps(0)),
-        ("Lua fenced", &rps(2)),
-        "req/s",
-        Compare::Ratio,
+        rate,
+        ours,
+        lua,
     ));
     Ok(())
+}
+
+/// One `redis-benchmark` run of `cmd` after a fresh round: its
+/// measurements; fails if calls of `stat` failed or were rejected.
+fn benchmark_round(cx: &mut Ctx, stat: &str, cmd: &[&str]) -> Result<Measured> {
+    info::fresh_round(&mut cx.con)?;
+    let (port, tool) = (cx.server.port(), &cx.tool);
+    let m = measure(&mut cx.con, stat, tool.requests, |_| tool.run(port, cmd))?;
+    expect_no_failures(&mut cx.con, stat)?;
+    Ok(m)
 }
 
 /// How one variant of (b)/(c) fills the keyspace and then operates on each
@@ -395,6 +367,84 @@ struct HeldVariant<'a> {
     populate_ok: fn(&redis::Value) -> bool,
     op: &'a dyn Fn(&mut redis::Pipeline, usize),
     op_ok: fn(&redis::Value) -> bool,
+}
+
+impl<'a> HeldVariant<'a> {
+    /// `op` on each of the locks taken with `LOCK.ACQUIRE`.
+    fn on_leases(
+        label: &'a str,
+        stat: &'a str,
+        op: &'a dyn Fn(&mut redis::Pipeline, usize),
+        op_ok: fn(&redis::Value) -> bool,
+    ) -> Self {
+        HeldVariant {
+            label,
+            stat,
+            populate: &acquire_lock,
+            populate_ok: drive::is_grant,
+            op,
+            op_ok,
+        }
+    }
+
+    /// `op` on each of the locks taken with `SET NX PX`; it must reply 1.
+    fn on_strings(
+        label: &'a str,
+        stat: &'a str,
+        op: &'a dyn Fn(&mut redis::Pipeline, usize),
+    ) -> Self {
+        HeldVariant {
+            label,
+            stat,
+            populate: &set_lock,
+            populate_ok: drive::is_ok,
+            op,
+            op_ok: |v| drive::is_int(v, 1),
+        }
+    }
+}
+
+/// The rows of (b) and (c) (`what`: "(b) release"): `ours` against the Lua
+/// recipe (variant 1) in server CPU, main-thread CPU and driver rate, and
+/// against the unchecked `floor` (variant 2) in server CPU. `judge` sets the
+/// first row's target.
+fn held_rows(
+    report: &mut Report,
+    res: &[Vec<Measured>],
+    what: &str,
+    (ours, floor): (&str, &str),
+    judge: impl FnOnce(Row) -> Row,
+) {
+    let (ours, lua, floor) = ((ours, 0), ("Lua", 1), (floor, 2));
+    let scenario = |metric: &str| format!("{what}: {metric}");
+    report.row(judge(compare(
+        res,
+        &scenario("server CPU"),
+        Metric::ServerCpu,
+        ours,
+        lua,
+    )));
+    report.row(compare(
+        res,
+        &scenario("server CPU vs floor"),
+        Metric::ServerCpu,
+        ours,
+        floor,
+    ));
+    report.row(compare(
+        res,
+        &scenario("main-thread CPU/request"),
+        Metric::MainThreadCpu,
+        ours,
+        lua,
+    ));
+    report.row(compare(
+        res,
+        &scenario("pipelined driver"),
+        Metric::Rate("ops/s"),
+        ours,
+        lua,
+    ));
 }
 
 /// Populates `locks` held locks, resets the stats, applies the operation to
@@ -463,22 +513,79 @@ fn measure(
     })
 }
 
-/// One field of one variant over the rounds.
-fn col(results: &[Vec<Measured>], v: usize, f: fn(&Measured) -> f64) -> Vec<f64> {
-    results[v].iter().map(f).collect()
+/// What a row compares: a field of [`Measured`], in its unit.
+#[derive(Clone, Copy, Debug)]
+enum Metric {
+    /// `usec`, µs/call.
+    ServerCpu,
+    /// `cpu_us`, µs/req.
+    MainThreadCpu,
+    /// `rate`, in the unit given.
+    Rate(&'static str),
+}
+
+impl Metric {
+    fn unit(self) -> &'static str {
+        match self {
+            Metric::ServerCpu => "µs/call",
+            Metric::MainThreadCpu => "µs/req",
+            Metric::Rate(unit) => unit,
+        }
+    }
+
+    fn of(self, m: &Measured) -> f64 {
+        match self {
+            Metric::ServerCpu => m.usec,
+            Metric::MainThreadCpu => m.cpu_us,
+            Metric::Rate(_) => m.rate,
+        }
+    }
+}
+
+/// A row of `metric`, variant `a` against variant `b` (label, index into
+/// `results`), compared by their ratio.
+fn compare(
+    results: &[Vec<Measured>],
+    scenario: &str,
+    metric: Metric,
+    (a_label, a): (&str, usize),
+    (b_label, b): (&str, usize),
+) -> Row {
+    compare_by(
+        results,
+        scenario,
+        metric,
+        (a_label, a),
+        (b_label, b),
+        Compare::Ratio,
+    )
+}
+
+/// [`compare`] by `how`.
+fn compare_by(
+    results: &[Vec<Measured>],
+    scenario: &str,
+    metric: Metric,
+    (a_label, a): (&str, usize),
+    (b_label, b): (&str, usize),
+    how: Compare,
+) -> Row {
+    let col = |v: usize| results[v].iter().map(|m| metric.of(m)).collect::<Vec<_>>();
+    Row::paired(
+        scenario,
+        (a_label, &col(a)),
+        (b_label, &col(b)),
+        metric.unit(),
+        how,
+    )
 }
 
 fn acquire_lock(p: &mut redis::Pipeline, i: usize) {
-    p.cmd("LOCK.ACQUIRE").arg(key(i)).arg(OWNER).arg(TTL_MS);
+    p.add_command(acquire_cmd(&key(i), OWNER, TTL_MS));
 }
 
 fn set_lock(p: &mut redis::Pipeline, i: usize) {
-    p.cmd("SET")
-        .arg(key(i))
-        .arg(OWNER)
-        .arg("NX")
-        .arg("PX")
-        .arg(TTL_MS);
+    p.add_command(set_nx_cmd(&key(i), OWNER, TTL_MS));
 }
 
 /// (b) Release each held lock exactly once.
@@ -494,66 +601,21 @@ fn release(cx: &mut Ctx) -> Result<()> {
         p.cmd("DEL").arg(key(i));
     };
     let variants = [
-        HeldVariant {
-            label: "LOCK.RELEASE",
-            stat: "lock.release",
-            populate: &acquire_lock,
-            populate_ok: drive::is_grant,
-            op: &module_op,
-            op_ok: |v| drive::is_int(v, 1),
-        },
-        HeldVariant {
-            label: "Lua release",
-            stat: "evalsha",
-            populate: &set_lock,
-            populate_ok: drive::is_ok,
-            op: &lua_op,
-            op_ok: |v| drive::is_int(v, 1),
-        },
+        HeldVariant::on_leases("LOCK.RELEASE", "lock.release", &module_op, |v| {
+            drive::is_int(v, 1)
+        }),
+        HeldVariant::on_strings("Lua release", "evalsha", &lua_op),
         // The floor: an unconditional delete, no ownership check at all.
-        HeldVariant {
-            label: "DEL (floor)",
-            stat: "del",
-            populate: &set_lock,
-            populate_ok: drive::is_ok,
-            op: &del_op,
-            op_ok: |v| drive::is_int(v, 1),
-        },
+        HeldVariant::on_strings("DEL (floor)", "del", &del_op),
     ];
     let res = on_held_locks(cx, &variants)?;
-    let usec = |v: usize| col(&res, v, |m| m.usec);
-    cx.report.row(
-        Row::paired(
-            "(b) release: server CPU",
-            ("RELEASE", &usec(0)),
-            ("Lua", &usec(1)),
-            "µs/call",
-            Compare::Ratio,
-        )
-        .target(Target::AtMost(0.5))
-        .aim(0.25),
+    held_rows(
+        &mut cx.report,
+        &res,
+        "(b) release",
+        ("RELEASE", "DEL"),
+        |row| row.target(Target::AtMost(0.5)).aim(0.25),
     );
-    cx.report.row(Row::paired(
-        "(b) release: server CPU vs floor",
-        ("RELEASE", &usec(0)),
-        ("DEL", &usec(2)),
-        "µs/call",
-        Compare::Ratio,
-    ));
-    cx.report.row(Row::paired(
-        "(b) release: main-thread CPU/request",
-        ("RELEASE", &col(&res, 0, |m| m.cpu_us)),
-        ("Lua", &col(&res, 1, |m| m.cpu_us)),
-        "µs/req",
-        Compare::Ratio,
-    ));
-    cx.report.row(Row::paired(
-        "(b) release: pipelined driver",
-        ("RELEASE", &col(&res, 0, |m| m.rate)),
-        ("Lua", &col(&res, 1, |m| m.rate)),
-        "ops/s",
-        Compare::Ratio,
-    ));
     Ok(())
 }
 
@@ -575,62 +637,21 @@ fn extend(cx: &mut Ctx) -> Result<()> {
         p.cmd("PEXPIRE").arg(key(i)).arg(TTL_MS);
     };
     let variants = [
-        HeldVariant {
-            label: "LOCK.EXTEND",
-            stat: "lock.extend",
-            populate: &acquire_lock,
-            populate_ok: drive::is_grant,
-            op: &module_op,
-            op_ok: |v| drive::is_int(v, TTL_MS as i64),
-        },
-        HeldVariant {
-            label: "Lua extend",
-            stat: "evalsha",
-            populate: &set_lock,
-            populate_ok: drive::is_ok,
-            op: &lua_op,
-            op_ok: |v| drive::is_int(v, 1),
-        },
+        HeldVariant::on_leases("LOCK.EXTEND", "lock.extend", &module_op, |v| {
+            drive::is_int(v, TTL_MS as i64)
+        }),
+        HeldVariant::on_strings("Lua extend", "evalsha", &lua_op),
         // The floor: an unconditional PEXPIRE, no ownership check at all.
-        HeldVariant {
-            label: "PEXPIRE (floor)",
-            stat: "pexpire",
-            populate: &set_lock,
-            populate_ok: drive::is_ok,
-            op: &pexpire_op,
-            op_ok: |v| drive::is_int(v, 1),
-        },
+        HeldVariant::on_strings("PEXPIRE (floor)", "pexpire", &pexpire_op),
     ];
     let res = on_held_locks(cx, &variants)?;
-    let usec = |v: usize| col(&res, v, |m| m.usec);
-    cx.report.row(Row::paired(
-        "(c) extend: server CPU",
-        ("EXTEND", &usec(0)),
-        ("Lua", &usec(1)),
-        "µs/call",
-        Compare::Ratio,
-    ));
-    cx.report.row(Row::paired(
-        "(c) extend: server CPU vs floor",
-        ("EXTEND", &usec(0)),
-        ("PEXPIRE", &usec(2)),
-        "µs/call",
-        Compare::Ratio,
-    ));
-    cx.report.row(Row::paired(
-        "(c) extend: main-thread CPU/request",
-        ("EXTEND", &col(&res, 0, |m| m.cpu_us)),
-        ("Lua", &col(&res, 1, |m| m.cpu_us)),
-        "µs/req",
-        Compare::Ratio,
-    ));
-    cx.report.row(Row::paired(
-        "(c) extend: pipelined driver",
-        ("EXTEND", &col(&res, 0, |m| m.rate)),
-        ("Lua", &col(&res, 1, |m| m.rate)),
-        "ops/s",
-        Compare::Ratio,
-    ));
+    held_rows(
+        &mut cx.report,
+        &res,
+        "(c) extend",
+        ("EXTEND", "PEXPIRE"),
+        |row| row,
+    );
     Ok(())
 }
 
@@ -640,23 +661,13 @@ fn memory(cx: &mut Ctx) -> Result<()> {
     let con = &mut cx.con;
     let name = key(1);
     redis::cmd("FLUSHALL").arg("SYNC").exec(con)?;
-    let grant: redis::Value = redis::cmd("LOCK.ACQUIRE")
-        .arg(&name)
-        .arg(OWNER)
-        .arg(TTL_MS)
-        .query(con)?;
+    let grant: redis::Value = acquire_cmd(&name, OWNER, TTL_MS).query(con)?;
     if !drive::is_grant(&grant) {
         return err(format!("LOCK.ACQUIRE {name}: {grant:?}"));
     }
     let lease = info::memory_usage(con, &name)?;
     redis::cmd("DEL").arg(&name).exec(con)?;
-    let ok: redis::Value = redis::cmd("SET")
-        .arg(&name)
-        .arg(OWNER)
-        .arg("NX")
-        .arg("PX")
-        .arg(TTL_MS)
-        .query(con)?;
+    let ok: redis::Value = set_nx_cmd(&name, OWNER, TTL_MS).query(con)?;
     if !drive::is_ok(&ok) {
         return err(format!("SET {name}: {ok:?}"));
     }
@@ -760,11 +771,7 @@ fn policy(cx: &mut Ctx) -> Result<()> {
     };
     // A check that the policy is live: a 45 s request is clamped to 30 s.
     load(&mut cx.con, "*")?;
-    let probe: redis::Value = redis::cmd("LOCK.ACQUIRE")
-        .arg("lock:policy-probe")
-        .arg(OWNER)
-        .arg(45_000)
-        .query(&mut cx.con)?;
+    let probe: redis::Value = acquire_cmd("lock:policy-probe", OWNER, 45_000).query(&mut cx.con)?;
     let clamped = matches!(&probe, redis::Value::Array(a) if drive::is_int(&a[1], 30_000));
     if !clamped {
         cx.report.note(format!(
@@ -773,19 +780,13 @@ fn policy(cx: &mut Ctx) -> Result<()> {
     }
     let ttl = TTL_MS.to_string();
     let cmd = ["LOCK.ACQUIRE", "lock:__rand_int__", OWNER, &ttl];
-    let port = cx.server.port();
-    let requests = cx.tool.requests;
     let res = alternate(cx.rounds, 2, |round, v| {
         if v == 0 {
             load(&mut cx.con, "*")?;
         } else {
             without(&mut cx.con)?;
         }
-        info::fresh_round(&mut cx.con)?;
-        let m = measure(&mut cx.con, "lock.acquire", requests, |_| {
-            cx.tool.run(port, &cmd)
-        })?;
-        expect_no_failures(&mut cx.con, "lock.acquire")?;
+        let m = benchmark_round(cx, "lock.acquire", &cmd)?;
         eprintln!(
             "  round {round}: {:<20} {}",
             ["with max-ttl", baseline][v],
@@ -794,30 +795,34 @@ fn policy(cx: &mut Ctx) -> Result<()> {
         Ok(m)
     })?;
     without(&mut cx.con)?;
-    cx.report.row(
-        Row::paired(
+    let (loaded, unloaded) = (("with", 0), (baseline, 1));
+    let r = &mut cx.report;
+    r.row(
+        compare_by(
+            &res,
             SCENARIO,
-            ("with", &col(&res, 0, |m| m.usec)),
-            (baseline, &col(&res, 1, |m| m.usec)),
-            "µs/call",
+            Metric::ServerCpu,
+            loaded,
+            unloaded,
             Compare::Delta,
         )
         .target(Target::AtMost(0.5))
         .aim(0.2),
     );
-    cx.report.row(Row::paired(
+    r.row(compare_by(
+        &res,
         "(e) policy: main-thread CPU/request with max-ttl",
-        ("with", &col(&res, 0, |m| m.cpu_us)),
-        (baseline, &col(&res, 1, |m| m.cpu_us)),
-        "µs/req",
+        Metric::MainThreadCpu,
+        loaded,
+        unloaded,
         Compare::Delta,
     ));
-    cx.report.row(Row::paired(
+    r.row(compare(
+        &res,
         "(e) policy: ACQUIRE throughput with max-ttl",
-        ("with", &col(&res, 0, |m| m.rate)),
-        (baseline, &col(&res, 1, |m| m.rate)),
-        "req/s",
-        Compare::Ratio,
+        Metric::Rate("req/s"),
+        loaded,
+        unloaded,
     ));
     Ok(())
 }

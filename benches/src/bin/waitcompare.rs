@@ -17,11 +17,12 @@
 //! receiving its grant. Commands are counted by the clients and checked
 //! against `INFO commandstats`.
 
-use lockwarden_benches::cli::{self, Args};
+use lockwarden_benches::cli::Args;
+use lockwarden_benches::drive::{self, acquire_cmd, script_load, set_nx_cmd};
 use lockwarden_benches::report::{Compare, Line, Report, Row, Target};
 use lockwarden_benches::server::Server;
 use lockwarden_benches::stats::{Rng, median, min_max, quantile};
-use lockwarden_benches::{Result, drive, err, info};
+use lockwarden_benches::{LUA_RELEASE, Result, err, info};
 use redis::{Connection, Value};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Barrier};
@@ -48,8 +49,6 @@ const KEY: &str = "waitcompare:lock";
 const TTL_MS: u64 = 10_000;
 /// `LOCK.ACQUIRE ... WAIT` timeout; a timeout (nil) is just retried.
 const WAIT_TIMEOUT_MS: u64 = 10_000;
-const LUA_RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
-    return redis.call('DEL', KEYS[1]) else return 0 end";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -118,10 +117,7 @@ struct RoundResult {
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("waitcompare: {e}");
-        std::process::exit(1);
-    }
+    lockwarden_benches::main_of("waitcompare", run);
 }
 
 fn run() -> Result<()> {
@@ -157,28 +153,8 @@ fn run() -> Result<()> {
     };
     let configs = parse_configs(&args.string("configs", default_configs), &base)?;
 
-    let module = cli::module_path();
-    let binary = args.string("server", "redis-server");
-    eprintln!("starting {binary} with {}", module.display());
-    let server = Server::start(&binary, &module)?;
-    let mut con = server.connect()?;
-    let sha: String = redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(LUA_RELEASE)
-        .query(&mut con)?;
-
-    let mut report = Report::new("lockwarden waitcompare");
-    report.context("date", cli::utc_now());
-    report.context("machine", cli::machine());
-    report.context("build", cli::build_id(&module));
-    report.context(
-        "server",
-        format!(
-            "{} ({binary}), module {}",
-            server.version()?,
-            module.display()
-        ),
-    );
+    let (server, mut con, mut report) = lockwarden_benches::start(&args, "lockwarden waitcompare")?;
+    let sha = script_load(&mut con, LUA_RELEASE)?;
     report.context(
         "setup",
         format!(
@@ -521,10 +497,7 @@ fn client(
         out.commands += 1;
         let granted = match mode {
             Mode::Wait => {
-                let v: Value = redis::cmd("LOCK.ACQUIRE")
-                    .arg(KEY)
-                    .arg(&owner)
-                    .arg(TTL_MS)
+                let v: Value = acquire_cmd(KEY, &owner, TTL_MS)
                     .arg("WAIT")
                     .arg(WAIT_TIMEOUT_MS)
                     .query(con)?;
@@ -535,13 +508,7 @@ fn client(
                 }
             }
             Mode::Poll => {
-                let v: Value = redis::cmd("SET")
-                    .arg(KEY)
-                    .arg(&owner)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(TTL_MS)
-                    .query(con)?;
+                let v: Value = set_nx_cmd(KEY, &owner, TTL_MS).query(con)?;
                 match v {
                     Value::Nil => {
                         thread::sleep(Duration::from_millis(

@@ -70,28 +70,20 @@ fn request(key: &[u8]) -> Request<'_> {
 fn run_faults() {
     let wasm = wat::parse_str(FAULTS).unwrap();
     let mut policy = PolicyRunner::from_bytes("faults", wasm, b"", EvalLimits::DEFAULT).unwrap();
-    let trap = |what: &str| Err(EvalFailure::Trap(what.into()));
+    let cases: [(&[u8], &str); 5] = [
+        (b"0", "integer divide by zero"),
+        (b"1", "out of bounds memory access"),
+        (b"2", "uninitialized element"),
+        (b"3", "call stack exhausted"),
+        (b"x", "wasm `unreachable` instruction executed"),
+    ];
     for _ in 0..3 {
-        assert_eq!(
-            policy.evaluate(&request(b"0")),
-            trap("integer divide by zero")
-        );
-        assert_eq!(
-            policy.evaluate(&request(b"1")),
-            trap("out of bounds memory access")
-        );
-        assert_eq!(
-            policy.evaluate(&request(b"2")),
-            trap("uninitialized element")
-        );
-        assert_eq!(
-            policy.evaluate(&request(b"3")),
-            trap("call stack exhausted")
-        );
-        assert_eq!(
-            policy.evaluate(&request(b"x")),
-            trap("wasm `unreachable` instruction executed")
-        );
+        for (key, trap) in cases {
+            assert_eq!(
+                policy.evaluate(&request(key)),
+                Err(EvalFailure::Trap(trap.into()))
+            );
+        }
     }
 }
 

@@ -100,11 +100,7 @@ fn run(flavor: Flavor, name: &str, fsync: &str, preamble: &str) {
         for k in 0..POOL_KEYS {
             let v = store.verdict(&pool_key(k));
             eprintln!("{name} [{flavor}] {}: {v}", pool_key(k));
-            total.writes += v.writes;
-            total.accepted += v.accepted;
-            total.rejected += v.rejected;
-            total.stale_accepted += v.stale_accepted;
-            total.shared_tokens += v.shared_tokens;
+            total.add(&v);
         }
         out.anomalies_fenced = total.anomalies();
         out.operations = run.ops.load(Relaxed);
@@ -227,8 +223,8 @@ fn matches(expect: &Expect, found: &Option<Found>, owner: &str) -> bool {
             },
             Some(f),
         ) => {
-            f.info.owner == owner
-                && token.is_none_or(|t| t == f.info.token)
+            f.info.owner == owner.as_bytes()
+                && token.is_none_or(|t| t == f.info.token as u64)
                 && overlaps(*acquired, (f.info.acquired_at, f.info.acquired_at))
                 && f.info.extensions == *extensions
                 && overlaps(*deadline, f.deadline_info)
@@ -300,6 +296,31 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// Starts the [`pool_client`]s `<name>-<j>` (seeded `seed + j`) in `s`.
+    fn spawn_pool<'scope>(
+        &'scope self,
+        s: &'scope std::thread::Scope<'scope, '_>,
+        stop: &'scope AtomicBool,
+        name: &str,
+        seed: u64,
+    ) -> Vec<std::thread::ScopedJoinHandle<'scope, PoolLog>> {
+        (0..POOL_CLIENTS)
+            .map(|j| {
+                let owner = format!("{name}-{j}");
+                s.spawn(move || {
+                    pool_client(
+                        self.server,
+                        self.store,
+                        &owner,
+                        seed + j as u64,
+                        &self.ops,
+                        stop,
+                    )
+                })
+            })
+            .collect()
+    }
+
     fn cycle(&mut self, cycle: usize, out: &mut Outcome) {
         let server = self.server;
         let stop = AtomicBool::new(false);
@@ -335,21 +356,7 @@ impl Run<'_> {
                     })
                 })
                 .collect();
-            let pool: Vec<_> = (0..POOL_CLIENTS)
-                .map(|j| {
-                    let (stop, ops, store) = (&stop, &self.ops, self.store);
-                    s.spawn(move || {
-                        pool_client(
-                            server,
-                            store,
-                            &format!("pool-{cycle}-{j}"),
-                            (cycle * 100 + j) as u64,
-                            ops,
-                            stop,
-                        )
-                    })
-                })
-                .collect();
+            let pool = self.spawn_pool(s, &stop, &format!("pool-{cycle}"), cycle as u64 * 100);
             // Should this thread panic, the clients stop instead of churning
             // forever.
             let _stop_clients = StopOnDrop(&stop);
@@ -427,7 +434,7 @@ impl Run<'_> {
         // (grants released before the rewrite are gone from its base), plus
         // the LOCK._GRANTs of the incremental file. With everysec the tail
         // may be lost: no claim here (the wall-clock term covers it, below).
-        let high_water = stat(server, "token_high_water");
+        let high_water = lw_stat(server, "token_high_water") as u64;
         if self.always {
             assert!(
                 high_water >= max_before,
@@ -493,7 +500,7 @@ impl Run<'_> {
             fresh.token
         );
         assert_eq!(
-            req(&mut conn, &["LOCK.RELEASE", &fresh_key, "fresh"]).expect("release"),
+            try_req(&mut conn, &["LOCK.RELEASE", &fresh_key, "fresh"]).expect("release"),
             Value::Int(1)
         );
         self.grants.push(fresh);
@@ -501,21 +508,8 @@ impl Run<'_> {
         // Churn again, then the pool clients that held a lock at the crash
         // (they never learned it) write with their old tokens.
         let after: Vec<PoolLog> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..POOL_CLIENTS)
-                .map(|j| {
-                    let (stop, ops, store) = (&stop, &self.ops, self.store);
-                    s.spawn(move || {
-                        pool_client(
-                            server,
-                            store,
-                            &format!("after-{cycle}-{j}"),
-                            (cycle * 100 + 50 + j) as u64,
-                            ops,
-                            stop,
-                        )
-                    })
-                })
-                .collect();
+            let handles =
+                self.spawn_pool(s, &stop, &format!("after-{cycle}"), cycle as u64 * 100 + 50);
             let _stop_clients = StopOnDrop(&stop);
             sleep_ms(AFTER_MS);
             stop.store(true, Relaxed);
@@ -565,7 +559,7 @@ fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
 /// I/O error.
 fn acquire_op(conn: &mut Connection, key: &str, owner: &str, ttl: u64) -> (Op, Option<Grant>) {
     let sent = now_ms();
-    let reply = req(conn, &["LOCK.ACQUIRE", key, owner, &ttl.to_string()]);
+    let reply = try_req(conn, &["LOCK.ACQUIRE", key, owner, &ttl.to_string()]);
     let received = now_ms();
     let mut op = Op {
         kind: Kind::Acquire,
@@ -626,8 +620,8 @@ fn held_client(
         } else {
             let sent = now_ms();
             let reply = match kind {
-                Kind::Extend => req(&mut conn, &["LOCK.EXTEND", key, owner, &ttl]),
-                _ => req(&mut conn, &["LOCK.RELEASE", key, owner]),
+                Kind::Extend => try_req(&mut conn, &["LOCK.EXTEND", key, owner, &ttl]),
+                _ => try_req(&mut conn, &["LOCK.RELEASE", key, owner]),
             };
             let received = now_ms();
             let Ok(reply) = reply else {
@@ -706,7 +700,7 @@ fn pool_client(
         write(&mut log, &key, token);
         sleep_ms(rng.below(4));
         if rng.below(2) == 0 {
-            let Ok(reply) = req(&mut conn, &["LOCK.EXTEND", &key, owner, &ttl]) else {
+            let Ok(reply) = try_req(&mut conn, &["LOCK.EXTEND", &key, owner, &ttl]) else {
                 break 'work;
             };
             ops.fetch_add(1, Relaxed);
@@ -717,14 +711,14 @@ fn pool_client(
             }
             write(&mut log, &key, token);
         }
-        let Ok(reply) = req(&mut conn, &["LOCK.RELEASE", &key, owner]) else {
+        let Ok(reply) = try_req(&mut conn, &["LOCK.RELEASE", &key, owner]) else {
             break 'work;
         };
         ops.fetch_add(1, Relaxed);
         log.holding = None;
         match reply {
             Value::Int(1) => {}
-            other if matches!(error_code(&other).as_deref(), Some("NOTHELD" | "NOTOWNER")) => {}
+            other if matches!(err_code(&other).as_deref(), Some("NOTHELD" | "NOTOWNER")) => {}
             other => panic!("{owner}: LOCK.RELEASE {key}: {}", render(&other)),
         }
     }

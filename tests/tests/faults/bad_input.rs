@@ -34,6 +34,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use lockwarden_tests::locks::{PolicySpec, crc64_jones, dump, lease_offset, names, specs};
 use lockwarden_tests::redis::{self, Value};
 use lockwarden_tests::*;
 
@@ -104,7 +105,7 @@ fn setup(flavor: Flavor) -> Fixture {
         );
     });
     wait_until("the waiter is queued", FAULT_TIMEOUT, || {
-        stat(&server, "waiters") == 1
+        lw_stat(&server, "waiters") == 1
     });
     let wasm = read_policy("max-ttl");
     let load = call_bytes(
@@ -176,7 +177,7 @@ struct Snapshot {
     locks_held: i64,
     waiters: i64,
     high_water: Option<i64>,
-    policies: Option<Vec<String>>,
+    policies: Option<Vec<PolicySpec>>,
 }
 
 fn snapshot(fx: &Fixture, with_high_water: bool, with_policies: bool) -> Snapshot {
@@ -203,35 +204,8 @@ fn snapshot(fx: &Fixture, with_high_water: bool, with_policies: bool) -> Snapsho
         locks_held: st["locks_held"],
         waiters: st["waiters"],
         high_water: with_high_water.then(|| st["token_high_water"]),
-        policies: with_policies.then(|| policy_list(s)),
+        policies: with_policies.then(|| specs(s)),
     }
-}
-
-/// `LOCK.POLICY LIST` without the counters: name, keys, mode, size, hash.
-fn policy_list(s: &Server) -> Vec<String> {
-    let reply = s.cmd(&["LOCK.POLICY", "LIST"]);
-    let Value::Array(entries) = &reply else {
-        s.fail(&format!("LOCK.POLICY LIST replied {}", render(&reply)));
-    };
-    entries
-        .iter()
-        .map(|e| {
-            let pairs: Vec<(String, String)> = match e {
-                Value::Array(items) => items
-                    .chunks(2)
-                    .map(|p| (render(&p[0]), render(&p[1])))
-                    .collect(),
-                Value::Map(pairs) => pairs.iter().map(|(k, v)| (render(k), render(v))).collect(),
-                other => s.fail(&format!("LOCK.POLICY LIST entry {}", render(other))),
-            };
-            pairs
-                .iter()
-                .filter(|(k, _)| ["name", "keys", "mode", "size", "sha256"].contains(&k.as_str()))
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect()
 }
 
 /// `LOCKWARDEN_FAULTS_TRACE=1`: print every input and its reply.
@@ -1187,24 +1161,6 @@ fn inline_garbage(fx: &Fixture, rng: &mut Rng, inputs: usize) -> u64 {
 // (b) Corrupt RESTORE payloads.
 // ---------------------------------------------------------------------
 
-/// Redis's CRC-64 (Jones coefficients, reflected, poly 0xad93d23594c935a9,
-/// init 0, no final xor): the trailer of DUMP payloads.
-fn crc64_jones(data: &[u8]) -> u64 {
-    const POLY_REFLECTED: u64 = 0x95ac_9329_ac4b_c9b5;
-    let mut crc = 0u64;
-    for &b in data {
-        crc ^= u64::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ POLY_REFLECTED
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    crc
-}
-
 /// Appends the RDB version and the CRC-64 of everything before it.
 fn seal(mut body: Vec<u8>, version: [u8; 2]) -> Vec<u8> {
     body.extend_from_slice(&version);
@@ -1290,14 +1246,7 @@ impl DumpParts {
 
 fn split_dump(payload: &[u8], token: u64) -> DumpParts {
     let n = payload.len();
-    let mut needle = vec![1u8];
-    needle.extend_from_slice(&token.to_le_bytes());
-    let at = payload
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .unwrap_or_else(|| {
-            panic!("lease (version 1, token {token}) not found in the DUMP {payload:?}")
-        });
+    let at = lease_offset(payload, token);
     let len = payload[at - 1] as usize;
     assert!(
         (LEASE_HEADER..64).contains(&len),
@@ -1632,7 +1581,7 @@ for_each_flavor! {
     /// (a) Malformed and refused commands, in plain calls, MULTI/EXEC and
     /// scripts, and raw inline garbage.
     fn malformed_commands(flavor: Flavor) {
-        run_scenario(
+        scenario(
             "8a bad input: commands",
             flavor,
             "seeded malformed/refused lock commands (also in MULTI and Lua), binary garbage, inline garbage",
@@ -1645,7 +1594,7 @@ for_each_flavor! {
                 tally.operations += inline_garbage(&fx, &mut rng, scaled(300, 3000));
                 let after = snapshot(&fx, true, true);
                 assert_eq!(after, before, "state after the corpus");
-                assert_eq!(stat(&fx.server, "acquires_granted"), 3, "no grant beyond the setup's");
+                assert_eq!(lw_stat(&fx.server, "acquires_granted"), 3, "no grant beyond the setup's");
                 assert_healthy(&fx.server, "after the command corpus");
             },
         );
@@ -1653,7 +1602,7 @@ for_each_flavor! {
 
     /// (b) Corrupt RESTORE payloads with valid CRCs (and valid leases).
     fn corrupt_restore_payloads(flavor: Flavor) {
-        run_scenario(
+        scenario(
             "8b bad input: RESTORE payloads",
             flavor,
             "seeded mutations of a DUMP (bit flips, truncations, insertions, framing) and invalid leases, CRC-64 recomputed",
@@ -1663,17 +1612,14 @@ for_each_flavor! {
                 let mut rng = Rng::new(seed("8b bad input", 0xbad_0008b));
                 assert_eq!(crc64_jones(b"123456789"), 0xe9c6_d914_c4b8_d9ca, "CRC-64/Jones check value");
                 let (_, _, ta) = fx.locks[0].clone();
-                let dump = match s.cmd(&["DUMP", "bi:a"]) {
-                    Value::BulkString(b) => b,
-                    other => s.fail(&format!("DUMP bi:a: {}", render(&other))),
-                };
+                let dump = dump(s, "bi:a");
                 let n = dump.len();
                 assert_eq!(crc64_jones(&dump[..n - 8]).to_le_bytes(), dump[n - 8..], "the test's CRC-64 is the server's");
                 let parts = split_dump(&dump, ta);
                 let before = snapshot(&fx, false, true);
                 let mut conn = fuzz_conn(s);
                 let (mut refused, mut restored) = (0u64, 0u64);
-                let mut high_water = stat(s, "token_high_water");
+                let mut high_water = lw_stat(s, "token_high_water");
                 for i in 0..scaled(1500, 15_000) {
                     let (payload, expect, what, fields) = restore_input(&mut rng, &dump, &parts);
                     // Refused payloads may also target a held lock with
@@ -1738,7 +1684,7 @@ for_each_flavor! {
                         (Reply::Io(e), _) => s.fail(&format!("{}: no reply (hang or dropped connection): {e}", context())),
                         (other, _) => s.fail(&format!("{}: expected {expect:?}, got {}", context(), other.text())),
                     }
-                    let hw = stat(s, "token_high_water");
+                    let hw = lw_stat(s, "token_high_water");
                     if hw < high_water {
                         s.fail(&format!("{}: the token high water went down, {high_water} -> {hw}", context()));
                     }
@@ -1765,7 +1711,7 @@ for_each_flavor! {
 
     /// (c) `LOCK.POLICY LOAD` of garbage modules and settings.
     fn garbage_policies(flavor: Flavor) {
-        run_scenario(
+        scenario(
             "8c bad input: policy modules",
             flavor,
             "seeded LOCK.POLICY LOAD of random bytes, corrupted/truncated Wasm, bad settings, an oversized module",
@@ -1812,7 +1758,7 @@ for_each_flavor! {
                             // listed, then unloaded.
                             loaded += 1;
                             let name = String::from_utf8_lossy(&args[2]).into_owned();
-                            assert!(policy_list(s).iter().any(|p| p.starts_with(&format!("name={name} "))), "{}", context());
+                            assert!(names(s).contains(&name), "{}", context());
                             if name == "mt" {
                                 s.fail(&format!("{}: replaced the existing policy", context()));
                             }

@@ -1,95 +1,19 @@
 //! Helpers for the holder-crash, paused-holder, AOF-crash and clock-step
-//! scenarios: reply parsing, `INFO lockwarden` counters, holder processes,
-//! and [`scenario`], which records a scenario's `tests/FAULTS.md` row whether
-//! it passes or fails.
+//! scenarios: reply parsing, holder processes, grants seen by clients, and
+//! (from `common`) [`scenario`], which records a scenario's
+//! `tests/FAULTS.md` row whether it passes or fails.
 #![allow(dead_code)]
-
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lockwarden_tests::redis::{self, ConnectionLike, RedisResult, Value};
 use lockwarden_tests::*;
 
-/// `LOCKWARDEN_FAULTS_LONG=1`: run the long variants.
-pub fn long() -> bool {
-    std::env::var_os("LOCKWARDEN_FAULTS_LONG").is_some_and(|v| v == "1")
-}
+pub use super::common::*;
 
-/// `short`, or `long` under `LOCKWARDEN_FAULTS_LONG=1`.
-pub fn scaled(short: usize, long_n: usize) -> usize {
-    if long() { long_n } else { short }
-}
-
-/// The wall clock in unix milliseconds (the clock the server reads too).
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
-}
-
-/// What a scenario measured, kept up to date as it runs so that a failing
-/// scenario still reports what it had counted.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    /// Lock commands and fenced writes performed.
-    pub operations: u64,
-    /// Anomalies the oracle found with fencing on (must be 0).
-    pub anomalies_fenced: usize,
-    /// Anomalies of the control run without fencing, if there is one.
-    pub anomalies_unfenced: Option<usize>,
-}
-
-/// Runs a scenario body and records its row of `tests/FAULTS.md`: `PASS`,
-/// or `FAIL: <first line of the panic>` (then the panic goes on).
-pub fn scenario(name: &str, flavor: Flavor, faults: &str, body: impl FnOnce(&mut Outcome)) {
-    let started = Instant::now();
-    let mut out = Outcome::default();
-    let result = catch_unwind(AssertUnwindSafe(|| body(&mut out)));
-    let verdict = match &result {
-        Ok(()) => "PASS".to_string(),
-        Err(payload) => {
-            let text = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("panic");
-            let line: String = text
-                .lines()
-                .next()
-                .unwrap_or("")
-                .replace('|', "/")
-                .chars()
-                .take(160)
-                .collect();
-            format!("FAIL: {line}")
-        }
-    };
-    Row {
-        scenario: name.to_string(),
-        flavor,
-        faults: faults.replace('|', "/"),
-        operations: out.operations,
-        anomalies_fenced: out.anomalies_fenced,
-        anomalies_unfenced: out.anomalies_unfenced,
-        result: verdict.clone(),
-    }
-    .record();
-    eprintln!(
-        "fault scenario {name} [{flavor}]: {verdict} in {:.1} s ({} operations, {} anomalies with fencing, control {:?})",
-        started.elapsed().as_secs_f64(),
-        out.operations,
-        out.anomalies_fenced,
-        out.anomalies_unfenced
-    );
-    if let Err(payload) = result {
-        resume_unwind(payload);
-    }
-}
+pub use lockwarden_tests::locks::{LockInfo, err_code, lock_info, lw_stat};
 
 /// Runs one command on `conn`: server errors come back as
 /// [`Value::ServerError`], I/O errors (a killed server) as `Err`.
-pub fn req(conn: &mut dyn ConnectionLike, args: &[&str]) -> RedisResult<Value> {
+pub fn try_req(conn: &mut dyn ConnectionLike, args: &[&str]) -> RedisResult<Value> {
     let mut cmd = redis::Cmd::new();
     for a in args {
         cmd.arg(*a);
@@ -129,85 +53,6 @@ pub fn grant_of_line(line: &str) -> Option<(u64, u64)> {
         (Some(Ok(token)), Some(Ok(ttl)), None) if token > 0 => Some((token, ttl)),
         _ => panic!("LOCK.ACQUIRE: unexpected reply line {line:?}"),
     }
-}
-
-/// The error code of an error reply (`NOTHELD`, `NOTOWNER`, ...).
-pub fn error_code(v: &Value) -> Option<String> {
-    match v {
-        Value::ServerError(e) => Some(e.code().to_string()),
-        _ => None,
-    }
-}
-
-/// One counter of `INFO lockwarden` (`field` without the `lockwarden_`
-/// prefix the server adds).
-#[track_caller]
-pub fn stat(server: &Server, field: &str) -> u64 {
-    let info = server.info("lockwarden");
-    match info
-        .get(&format!("lockwarden_{field}"))
-        .map(|v| v.parse::<u64>())
-    {
-        Some(Ok(v)) => v,
-        _ => server.fail(&format!("INFO lockwarden has no counter {field}: {info:?}")),
-    }
-}
-
-/// The decoded `LOCK.INFO` reply.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LockInfo {
-    pub owner: String,
-    pub token: u64,
-    pub ttl: i64,
-    pub acquired_at: i64,
-    pub held: i64,
-    pub extensions: i64,
-    pub client_id: i64,
-    pub client_connected: i64,
-    pub session: i64,
-    pub waiters: i64,
-}
-
-/// Decodes a `LOCK.INFO` reply (flat array under RESP2, map under RESP3).
-#[track_caller]
-pub fn lock_info_of(v: &Value) -> Option<LockInfo> {
-    let pairs: Vec<(&Value, &Value)> = match v {
-        Value::Nil => return None,
-        Value::Array(items) if items.len() % 2 == 0 => {
-            items.chunks(2).map(|c| (&c[0], &c[1])).collect()
-        }
-        Value::Map(pairs) => pairs.iter().map(|(k, v)| (k, v)).collect(),
-        other => panic!("LOCK.INFO: unexpected reply {}", render(other)),
-    };
-    let get = |name: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| render(k) == name)
-            .map(|(_, v)| *v)
-            .unwrap_or_else(|| panic!("LOCK.INFO has no {name}: {}", render(v)))
-    };
-    let int = |name: &str| match get(name) {
-        Value::Int(i) => *i,
-        other => panic!("LOCK.INFO {name}: not an integer: {}", render(other)),
-    };
-    Some(LockInfo {
-        owner: render(get("owner")),
-        token: int("token") as u64,
-        ttl: int("ttl"),
-        acquired_at: int("acquired-at"),
-        held: int("held"),
-        extensions: int("extensions"),
-        client_id: int("client-id"),
-        client_connected: int("client-connected"),
-        session: int("session"),
-        waiters: int("waiters"),
-    })
-}
-
-/// `LOCK.INFO key` on the server's shared connection.
-#[track_caller]
-pub fn lock_info(server: &Server, key: &str) -> Option<LockInfo> {
-    lock_info_of(&server.cmd(&["LOCK.INFO", key]))
 }
 
 /// The state letter of a process (`R`, `S`, `T` for stopped, ...), from
@@ -294,11 +139,6 @@ pub fn write_accepted(line: &str) -> bool {
         "0" => false,
         other => panic!("fenced write: unexpected reply {other:?}"),
     }
-}
-
-/// Sleeps for `ms` milliseconds.
-pub fn sleep_ms(ms: u64) {
-    std::thread::sleep(Duration::from_millis(ms));
 }
 
 /// A small deterministic pseudo-random generator (xorshift64*), so churning

@@ -1,27 +1,19 @@
 //! Helpers shared by the sentinel_failover, slot_migration, soak and
-//! bad_input scenarios: running a scenario so that its `FAULTS.md` row is
-//! recorded whether it passes or fails, a seeded RNG, command and reply
-//! helpers that work on plain and cluster connections, `LOCK.INFO` and
-//! `INFO lockwarden` parsing, and the server health check (alive, no panic
-//! in the logs).
+//! bad_input scenarios: a seeded RNG, command and reply helpers that work on
+//! plain and cluster connections, `LOCK.INFO` parsing into a field map, and
+//! the server health check (alive, no panic in the logs); plus (from
+//! `common`) running a scenario so that its `FAULTS.md` row is recorded
+//! whether it passes or fails.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockwarden_tests::redis::{self, ConnectionLike, RedisError, Value};
 use lockwarden_tests::*;
 
-/// `LOCKWARDEN_FAULTS_LONG=1`: run the long variants.
-pub fn long() -> bool {
-    std::env::var_os("LOCKWARDEN_FAULTS_LONG").is_some_and(|v| v == "1")
-}
+pub use super::common::*;
 
-/// `short` normally, `long` with `LOCKWARDEN_FAULTS_LONG=1`.
-pub fn scaled<T>(short: T, long_value: T) -> T {
-    if long() { long_value } else { short }
-}
+pub use lockwarden_tests::locks::{digest, lw_stat, lw_stats, pttl};
 
 /// The seed of a scenario's RNG: `LOCKWARDEN_FAULTS_SEED` if set (to replay a
 /// failure), else `default`. Printed so that a failing run can be replayed.
@@ -32,69 +24,6 @@ pub fn seed(scenario: &str, default: u64) -> u64 {
         .unwrap_or(default);
     eprintln!("{scenario}: seed {seed} (replay with LOCKWARDEN_FAULTS_SEED={seed})");
     seed
-}
-
-/// What a scenario reports in its row.
-#[derive(Debug, Default)]
-pub struct Tally {
-    /// Lock commands and fenced writes performed.
-    pub operations: u64,
-    /// Anomalies the oracle found with fencing on.
-    pub anomalies_fenced: usize,
-    /// Anomalies found in the control run (fencing off), if any.
-    pub anomalies_unfenced: Option<usize>,
-}
-
-/// Runs a scenario body and records its `FAULTS.md` row (`PASS`, or `FAIL:`
-/// and the first line of the panic message), then re-raises any panic. The
-/// body fills in the tally as it goes, so a failing run still reports how
-/// far it got.
-pub fn run_scenario(scenario: &str, flavor: Flavor, faults: &str, body: impl FnOnce(&mut Tally)) {
-    let mut tally = Tally::default();
-    let started = std::time::Instant::now();
-    let outcome = catch_unwind(AssertUnwindSafe(|| body(&mut tally)));
-    eprintln!(
-        "{scenario} ({flavor}): {} in {:.1?}, {} operations",
-        if outcome.is_ok() { "passed" } else { "FAILED" },
-        started.elapsed(),
-        tally.operations
-    );
-    let result = match &outcome {
-        Ok(()) => "PASS".to_string(),
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".to_string());
-            format!("FAIL: {}", cell(msg.lines().next().unwrap_or(""), 300))
-        }
-    };
-    Row {
-        scenario: scenario.to_string(),
-        flavor,
-        faults: faults.to_string(),
-        operations: tally.operations,
-        anomalies_fenced: tally.anomalies_fenced,
-        anomalies_unfenced: tally.anomalies_unfenced,
-        result,
-    }
-    .record();
-    if let Err(payload) = outcome {
-        resume_unwind(payload);
-    }
-}
-
-/// Text safe for one markdown table cell, at most `max` characters.
-fn cell(text: &str, max: usize) -> String {
-    text.chars()
-        .map(|c| match c {
-            '|' => '/',
-            c if c.is_control() => ' ',
-            c => c,
-        })
-        .take(max)
-        .collect()
 }
 
 /// A small deterministic RNG (SplitMix64): the scenarios need reproducible
@@ -368,51 +297,11 @@ pub fn held(s: &Server, key: &str) -> LockInfo {
     lock_info(s, key).unwrap_or_else(|| s.fail(&format!("LOCK.INFO {key}: the lock is free")))
 }
 
-/// `INFO lockwarden` as numbers, without the `lockwarden_` prefix.
-pub fn lw_stats(s: &Server) -> HashMap<String, i64> {
-    s.info("lockwarden")
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let name = k.strip_prefix("lockwarden_").unwrap_or(&k).to_string();
-            Some((name, v.parse().ok()?))
-        })
-        .collect()
-}
-
-/// One `INFO lockwarden` field.
-#[track_caller]
-pub fn stat(s: &Server, name: &str) -> i64 {
-    *lw_stats(s)
-        .get(name)
-        .unwrap_or_else(|| s.fail(&format!("INFO lockwarden has no {name}")))
-}
-
 /// `INFO memory` `used_memory`.
 pub fn used_memory(s: &Server) -> i64 {
     s.info_field("memory", "used_memory")
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| s.fail("INFO memory has no used_memory"))
-}
-
-/// `DEBUG DIGEST-VALUE key` as text.
-pub fn digest_value(s: &Server, key: &str) -> String {
-    render(&s.cmd(&["DEBUG", "DIGEST-VALUE", key]))
-}
-
-/// `PTTL key`.
-pub fn pttl(s: &Server, key: &str) -> i64 {
-    match s.cmd(&["PTTL", key]) {
-        Value::Int(i) => i,
-        other => s.fail(&format!("PTTL {key} replied {}", render(&other))),
-    }
-}
-
-/// Wall-clock unix milliseconds.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
 }
 
 /// The server's logs (server.log and the captured stdout/stderr, where a
@@ -456,9 +345,4 @@ pub fn assert_healthy(s: &Server, what: &str) {
     if !problems.is_empty() {
         s.fail(&format!("{what}: the server logged {problems:#?}"));
     }
-}
-
-/// Sleeps `ms` milliseconds.
-pub fn sleep_ms(ms: u64) {
-    std::thread::sleep(Duration::from_millis(ms));
 }

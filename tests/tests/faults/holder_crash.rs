@@ -86,12 +86,12 @@ fn lease_run(flavor: Flavor, rounds: usize, out: &mut Outcome) {
         }
         let info = lock_info(&server, key).expect("held before the kill");
         assert_eq!(
-            (info.owner.as_str(), info.token),
+            (info.owner_str().as_str(), info.token as u64),
             (holder.owner.as_str(), token)
         );
         assert_eq!(info.client_connected, 1, "{info:?}");
         let deadline = info.acquired_at + LEASE_MS as i64;
-        let expired_before = stat(&server, "expired_while_held");
+        let expired_before = lw_stat(&server, "expired_while_held");
 
         holder.kill();
         let killed_at = now_ms();
@@ -134,7 +134,7 @@ fn lease_run(flavor: Flavor, rounds: usize, out: &mut Outcome) {
             deadline - killed_at
         );
         assert_eq!(
-            stat(&server, "expired_while_held") - expired_before,
+            lw_stat(&server, "expired_while_held") - expired_before,
             1,
             "round {round}: the crashed holder's lease must count as expired while held"
         );
@@ -182,9 +182,9 @@ fn session_run(flavor: Flavor, rounds: usize, out: &mut Outcome) {
         }
         let info = lock_info(&server, key).expect("held");
         assert_eq!((info.session, info.client_connected), (1, 1), "{info:?}");
-        let session_before = stat(&server, "session_releases");
-        let expired_before = stat(&server, "expired_while_held");
-        let handoffs_before = stat(&server, "handoffs");
+        let session_before = lw_stat(&server, "session_releases");
+        let expired_before = lw_stat(&server, "expired_while_held");
+        let handoffs_before = lw_stat(&server, "handoffs");
 
         // Every other round a waiter is queued and must get the lock on the
         // kill, not at the end of the 20 s lease.
@@ -243,18 +243,18 @@ fn session_run(flavor: Flavor, rounds: usize, out: &mut Outcome) {
             }
         }
         assert_eq!(
-            stat(&server, "session_releases") - session_before,
+            lw_stat(&server, "session_releases") - session_before,
             1,
             "round {round}: a session release"
         );
         assert_eq!(
-            stat(&server, "expired_while_held") - expired_before,
+            lw_stat(&server, "expired_while_held") - expired_before,
             0,
             "round {round}: nothing expired"
         );
         assert_eq!(
-            stat(&server, "handoffs") - handoffs_before,
-            waiter.is_some() as u64,
+            lw_stat(&server, "handoffs") - handoffs_before,
+            i64::from(waiter.is_some()),
             "round {round}: a handoff to the waiter, if one was queued"
         );
     }

@@ -7,6 +7,7 @@
 mod aof_crash;
 mod bad_input;
 mod clock_steps;
+mod common;
 mod common_a;
 mod common_b;
 mod holder_crash;

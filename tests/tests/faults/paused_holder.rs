@@ -68,7 +68,7 @@ fn run(
         "paused:control"
     };
     for round in 0..rounds {
-        let expired_before = stat(server, "expired_while_held");
+        let expired_before = lw_stat(server, "expired_while_held");
         let mut stalled = Holder::spawn(server.port(), store.port(), &format!("stalled-{round}"));
         let (old, _) = stalled
             .acquire(key, LEASE_MS, "")
@@ -106,7 +106,7 @@ fn run(
         );
         out.operations += 1;
         assert_eq!(
-            stat(server, "expired_while_held") - expired_before,
+            lw_stat(server, "expired_while_held") - expired_before,
             1,
             "round {round}: the stalled holder's lease counts as expired while held"
         );
@@ -128,7 +128,7 @@ fn run(
         );
         let info = lock_info(server, key).expect("still held by the new holder");
         assert_eq!(
-            (info.owner.as_str(), info.token),
+            (info.owner_str().as_str(), info.token as u64),
             (fresh.owner.as_str(), new)
         );
         assert_eq!(

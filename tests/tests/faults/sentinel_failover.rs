@@ -13,7 +13,7 @@
 
 use std::time::Instant;
 
-use lockwarden_tests::redis::Value;
+use lockwarden_tests::locks::specs;
 use lockwarden_tests::*;
 
 use super::common_b::*;
@@ -36,7 +36,7 @@ for_each_flavor! {
     /// tokens. The holder's fenced writes before and after the failover and
     /// the next holder's are all accepted, in token order.
     fn acked_grant_survives(flavor: Flavor) {
-        run_scenario("5a sentinel failover: WAIT-acked grant", flavor, "SENTINEL FAILOVER of the primary", |tally| {
+        scenario("5a sentinel failover: WAIT-acked grant", flavor, "SENTINEL FAILOVER of the primary", |tally| {
             let set = SentinelSet::start(flavor, |b| b);
             let store = FencedStore::start(flavor, true);
             let mut sc = store.client();
@@ -58,8 +58,8 @@ for_each_flavor! {
             assert!(store.write(&mut sc, key, t, "holder-1"), "first write");
             tally.operations += 1;
             let before = held(old, key);
-            let digest = digest_value(old, key);
-            let hw = stat(old, "token_high_water") as u64;
+            let digest_before = digest(old, key);
+            let hw = lw_stat(old, "token_high_water") as u64;
 
             let new = set.failover();
             assert_ne!(new.port(), old.port(), "the sentinels promoted a replica");
@@ -71,9 +71,9 @@ for_each_flavor! {
             assert_eq!(after.lease(), before.lease(), "the acknowledged lease moved unchanged");
             assert_eq!(after.token(), t);
             assert_eq!(after.owner_str(), "holder-1");
-            assert_eq!(digest_value(new, key), digest, "DEBUG DIGEST-VALUE of {key}");
+            assert_eq!(digest(new, key), digest_before, "DEBUG DIGEST-VALUE of {key}");
             assert!(after.get("ttl") > 0 && after.get("ttl") <= 60000, "{after:?}");
-            assert!(stat(new, "token_high_water") as u64 >= t, "the new primary knows token {t}");
+            assert!(lw_stat(new, "token_high_water") as u64 >= t, "the new primary knows token {t}");
 
             // The old holder, on a fresh connection to the new primary.
             let mut h2 = new.client();
@@ -114,7 +114,7 @@ for_each_flavor! {
     /// write is rejected; in the control store (no fencing) it is accepted
     /// after the new holder's, the anomaly fencing prevents.
     fn tail_loss(flavor: Flavor) {
-        run_scenario(
+        scenario(
             "5b sentinel failover: tail loss",
             flavor,
             "SIGSTOP both replicas + replication link cut, grant on the primary, kill -9 primary, SIGCONT, automatic failover",
@@ -166,7 +166,7 @@ for_each_flavor! {
 
                 // The grant is gone: the new primary never saw it.
                 assert_eq!(lock_info(new, key), None, "the lost grant must not be on the new primary");
-                let hw = stat(new, "token_high_water") as u64;
+                let hw = lw_stat(new, "token_high_water") as u64;
                 assert!(hw < lost, "the new primary's high water {hw} is below the lost token {lost}");
                 let mut nc = new.client();
                 let (t_new, _) = acquire_on(&mut nc, key, "new-holder", 60000);
@@ -213,7 +213,7 @@ for_each_flavor! {
     /// and enforced (an acquire of a non-matching key is DENIED, a matching
     /// one granted).
     fn policies_survive(flavor: Flavor) {
-        run_scenario("5c sentinel failover: policies", flavor, "SENTINEL FAILOVER with a policy loaded", |tally| {
+        scenario("5c sentinel failover: policies", flavor, "SENTINEL FAILOVER with a policy loaded", |tally| {
             let wasm = std::fs::read(policy_path("key-pattern")).unwrap_or_else(|e| {
                 panic!("{}: {e} (build the policies with `make policies`)", policy_path("key-pattern").display())
             });
@@ -229,12 +229,12 @@ for_each_flavor! {
             let (t, _) = acquire_on(&mut c, "orders:1", "o", 60000);
             assert_eq!(call(&mut c, &["WAIT", "2", "5000"]).int(), Some(2), "both replicas acknowledged");
             tally.operations += 4;
-            let listed_before = policy_list(old);
+            let listed_before = specs(old);
             assert_eq!(listed_before.len(), 1, "{listed_before:?}");
 
             let new = set.failover();
             assert_ne!(new.port(), old.port());
-            let listed = policy_list(new);
+            let listed = specs(new);
             assert_eq!(listed, listed_before, "LOCK.POLICY LIST on the new primary");
             let mut nc = new.client();
             let denied = call(&mut nc, &["LOCK.ACQUIRE", "users:2", "u", "1000"]);
@@ -249,47 +249,10 @@ for_each_flavor! {
             tally.operations += 4;
             // Replicas of the new primary have it too.
             for s in set.servers().iter().filter(|s| s.port() != new.port()) {
-                wait_until("the replica has the policy", FAULT_TIMEOUT, || policy_list(s) == listed);
+                wait_until("the replica has the policy", FAULT_TIMEOUT, || specs(s) == listed);
                 assert_healthy(s, "after the failover");
             }
             assert_healthy(new, "after the failover");
         });
     }
-}
-
-/// `LOCK.POLICY LIST` as `(name, keys, mode, size, sha256)` per policy.
-fn policy_list(s: &Server) -> Vec<(String, String, String, String, String)> {
-    let reply = s.cmd(&["LOCK.POLICY", "LIST"]);
-    let Value::Array(entries) = &reply else {
-        s.fail(&format!("LOCK.POLICY LIST replied {}", render(&reply)));
-    };
-    entries
-        .iter()
-        .map(|e| {
-            let pairs: Vec<(String, String)> = match e {
-                Value::Array(items) => items
-                    .chunks(2)
-                    .map(|p| (render(&p[0]), render(&p[1])))
-                    .collect(),
-                Value::Map(pairs) => pairs.iter().map(|(k, v)| (render(k), render(v))).collect(),
-                other => s.fail(&format!("LOCK.POLICY LIST entry {}", render(other))),
-            };
-            let get = |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_else(|| {
-                        s.fail(&format!("LOCK.POLICY LIST entry without {name}: {pairs:?}"))
-                    })
-            };
-            (
-                get("name"),
-                get("keys"),
-                get("mode"),
-                get("size"),
-                get("sha256"),
-            )
-        })
-        .collect()
 }

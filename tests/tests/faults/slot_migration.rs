@@ -88,7 +88,7 @@ impl Drop for StopOnDrop<'_> {
 
 for_each_flavor! {
     fn held_lock_and_waiters_move(flavor: Flavor) {
-        run_scenario(
+        scenario(
             "6 slot migration",
             flavor,
             "MIGRATE of a held lock's slot with 2 blocked waiters and 4 churning clients",
@@ -149,12 +149,12 @@ for_each_flavor! {
                     wait_until("both waiters are queued", FAULT_TIMEOUT, || {
                         held(from, K).get("waiters") == 2
                     });
-                    assert_eq!(stat(from, "waiters"), 2);
+                    assert_eq!(lw_stat(from, "waiters"), 2);
                     tally.operations += 2;
                     sleep_ms(scaled(300, 5000)); // churn on, before the migration
 
                     let before = held(from, K);
-                    let digest = digest_value(from, K);
+                    let digest_before = digest(from, K);
                     let p_before = pttl(from, K);
                     let started = Instant::now();
                     cluster.migrate_slot(slot, from, to);
@@ -175,17 +175,17 @@ for_each_flavor! {
                     let after = held(to, K);
                     assert_eq!(after.lease(), before.lease(), "the migrated lease");
                     assert_eq!((after.owner_str(), after.token()), ("holder".to_string(), t0));
-                    assert_eq!(digest_value(to, K), digest, "DEBUG DIGEST-VALUE after the migration");
+                    assert_eq!(digest(to, K), digest_before, "DEBUG DIGEST-VALUE after the migration");
                     let p_after = pttl(to, K);
                     assert!(
                         p_after <= p_before && p_after >= p_before - elapsed - 1000,
                         "PTTL {p_before} before, {p_after} after a {elapsed} ms migration"
                     );
-                    assert!(stat(to, "token_high_water") as u64 >= t0);
+                    assert!(lw_stat(to, "token_high_water") as u64 >= t0);
                     let moved = from.cmd_text(&["LOCK.INFO", K]);
                     assert!(moved.starts_with("(error) MOVED"), "LOCK.INFO on the old node: {moved}");
-                    assert_eq!(stat(from, "waiters"), 0, "no waiter is left on the old node");
-                    assert_eq!(stat(from, "handoffs"), 0, "the old node granted K to a waiter");
+                    assert_eq!(lw_stat(from, "waiters"), 0, "no waiter is left on the old node");
+                    assert_eq!(lw_stat(from, "handoffs"), 0, "the old node granted K to a waiter");
 
                     // The cluster waiter is routed to the new node and queues
                     // there (or has given up; then it replied nil).
@@ -211,7 +211,7 @@ for_each_flavor! {
                         Ok(Some((t2, _))) => {
                             let info = held(to, K);
                             assert_eq!((info.owner_str(), info.token()), ("waiter-cluster".to_string(), t2));
-                            assert!(stat(to, "handoffs") >= 1, "granted by the new node's handoff");
+                            assert!(lw_stat(to, "handoffs") >= 1, "granted by the new node's handoff");
                             assert!(store.write(&mut sc, K, t2, "waiter-cluster"));
                             let rel = call(&mut hc, &["LOCK.RELEASE", K, "waiter-cluster", "FENCE", &t2.to_string()]);
                             assert_eq!(rel.int(), Some(1), "{}", rel.text());
@@ -222,7 +222,7 @@ for_each_flavor! {
                         Err(e) if e.contains("TRYAGAIN") => eprintln!("the cluster waiter gave up: {e}"),
                         Err(e) => panic!("the cluster waiter got {e}"),
                     }
-                    assert_eq!(stat(from, "handoffs"), 0, "the old node granted K to a waiter");
+                    assert_eq!(lw_stat(from, "handoffs"), 0, "the old node granted K to a waiter");
 
                     let (t3, _) = call(&mut hc, &["LOCK.ACQUIRE", K, "after", "5000"])
                         .grant()
@@ -254,7 +254,7 @@ for_each_flavor! {
                 }
                 assert!(store.verdict(CHURN_KEYS[0]).writes > 0, "churn in the migrated slot");
                 for node in cluster.nodes() {
-                    assert_eq!(stat(node, "waiters"), 0, "port {}", node.port());
+                    assert_eq!(lw_stat(node, "waiters"), 0, "port {}", node.port());
                     assert_healthy(node, "after the migration");
                 }
             },

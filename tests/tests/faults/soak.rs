@@ -382,7 +382,7 @@ fn run_clients(
                 let stuck: Vec<usize> = (0..CLIENTS).filter(|&i| !finished[i]).collect();
                 panic!(
                     "clients {stuck:?} did not finish 60 s after the deadline; waiters {}; failures {failures:#?}",
-                    stat(server, "waiters")
+                    lw_stat(server, "waiters")
                 );
             }
         }
@@ -409,17 +409,17 @@ fn wait_all_gone(server: &Server) {
     wait_until(
         "no client is blocked any more",
         Duration::from_secs(10),
-        || stat(server, "waiters") == 0,
+        || lw_stat(server, "waiters") == 0,
     );
     wait_until("every lock is gone", Duration::from_secs(15), || {
-        stat(server, "locks_held") == 0 && server.cmd_text(&["DBSIZE"]) == "0"
+        lw_stat(server, "locks_held") == 0 && server.cmd_text(&["DBSIZE"]) == "0"
     });
 }
 
 for_each_flavor! {
     fn many_clients_churn(flavor: Flavor) {
         let secs = scaled(20, 180);
-        run_scenario(
+        scenario(
             "7 soak",
             flavor,
             &format!("{CLIENTS} clients ({THREAD_CLIENTS} threads, {PROCESS_CLIENTS} lw-client processes killed -9 at random), {KEYS} keys, {secs} s"),

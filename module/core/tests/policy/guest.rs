@@ -1,18 +1,12 @@
-//! Hand-written policy modules (WAT) that speak the ABI, with parts that
-//! tests replace to make them misbehave.
+//! The policy host's side of the hand-written policy modules: the shared
+//! engine and limits, compiling a [`Guest`] (from `wat_guest.rs`, which the
+//! integration tests share), and requests to evaluate.
 
 use lockwarden_core::policy::{CompiledPolicy, EvalLimits, Mode, PolicyEngine, PolicySpec};
-use lockwarden_sdk::abi::{self, Caller, Decision, Holder, Operation, Request};
+use lockwarden_sdk::abi::{Caller, Holder, Operation, Request};
 use std::sync::OnceLock;
 
-/// Where `lockwarden_buffer` puts the input: the upper half of the first page.
-pub const INPUT: u32 = 0x8000;
-/// Where the canned answer of `lockwarden_configure` lives.
-const CONFIGURED: u32 = 0x100;
-/// Where canned decisions live.
-const CANNED: u32 = 0x200;
-/// Where code-built outputs are written.
-const SCRATCH: u32 = 0x400;
+pub use crate::wat_guest::*;
 
 /// The engine shared by all tests.
 pub fn engine() -> &'static PolicyEngine {
@@ -26,129 +20,15 @@ pub const LIMITS: EvalLimits = EvalLimits {
     memory_bytes: 1 << 20,
 };
 
+/// [`LIMITS`] with `fuel` instead.
+pub fn with_fuel(fuel: u64) -> EvalLimits {
+    EvalLimits { fuel, ..LIMITS }
+}
+
 /// The module size limit used by tests.
 pub const MAX_MODULE: usize = 1 << 20;
 
-/// The `i64` an ABI function returns for output at `ptr` of `len` bytes.
-pub fn pack(ptr: u32, len: usize) -> i64 {
-    abi::Output {
-        ptr,
-        len: len as u32,
-    }
-    .pack()
-}
-
-/// A WAT string literal holding `bytes`.
-fn literal(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("\\{b:02x}")).collect()
-}
-
-/// A policy module: every part is WAT text that a test may replace.
-#[derive(Clone)]
-pub struct Guest {
-    /// Module fields that must come first (imports).
-    pub imports: String,
-    /// The `memory` export's declaration.
-    pub memory: String,
-    /// Body of `lockwarden_abi_version: () -> i32`.
-    pub version: String,
-    /// Body of `lockwarden_buffer: (param $len i32) -> i32`.
-    pub buffer: String,
-    /// Body of `lockwarden_configure: (param $len i32) -> i64`.
-    pub configure: String,
-    /// Body of `lockwarden_evaluate: (param $len i32) -> i64`.
-    pub evaluate: String,
-    /// More module fields (functions, globals, data, start).
-    pub extra: String,
-    /// The data segments of canned answers.
-    data: String,
-}
-
 impl Guest {
-    /// A well-behaved policy that accepts any settings and answers `decision`.
-    pub fn answering(decision: &Decision) -> Guest {
-        let (configure, data) = canned(CONFIGURED, &abi::encode(&abi::Configured::Ok).unwrap());
-        Guest {
-            imports: String::new(),
-            memory: r#"(memory (export "memory") 1)"#.into(),
-            version: format!("(i32.const {})", abi::ABI_VERSION),
-            buffer: format!("(i32.const {INPUT})"),
-            configure,
-            evaluate: String::new(),
-            extra: String::new(),
-            data,
-        }
-        .returning(decision)
-    }
-
-    pub fn allow() -> Guest {
-        Guest::answering(&Decision::Allow)
-    }
-
-    pub fn deny(reason: &str) -> Guest {
-        Guest::answering(&Decision::Deny(reason.into()))
-    }
-
-    pub fn clamp(ttl_ms: u64) -> Guest {
-        Guest::answering(&Decision::Clamp(ttl_ms))
-    }
-
-    /// This guest, answering `decision` from a data segment.
-    pub fn returning(self, decision: &Decision) -> Guest {
-        self.returning_bytes(&abi::encode(decision).unwrap())
-    }
-
-    /// This guest, answering `bytes` (which need not decode) as its decision.
-    pub fn returning_bytes(mut self, bytes: &[u8]) -> Guest {
-        let (body, data) = canned(CANNED, bytes);
-        self.evaluate = body;
-        self.data.push_str(&data);
-        self
-    }
-
-    /// A policy that answers `Clamp(n)` where `n` counts its evaluations
-    /// since instantiation, and traps when the key starts with `t`: its
-    /// answers show whether the instance was rebuilt.
-    pub fn counter() -> Guest {
-        let mut guest = Guest::allow();
-        guest.extra = "(global $n (mut i32) (i32.const 0))".into();
-        guest.evaluate = format!(
-            "(global.set $n (i32.add (global.get $n) (i32.const 1)))
-             {trap_on_t}
-             {clamp}",
-            trap_on_t = if_key_starts_with(b't', "(unreachable)"),
-            clamp = clamp_to("(global.get $n)"),
-        );
-        guest
-    }
-
-    pub fn wat(&self) -> String {
-        format!(
-            r#"(module
-  {imports}
-  {memory}
-  (func (export "lockwarden_abi_version") (result i32) {version})
-  (func (export "lockwarden_buffer") (param $len i32) (result i32) {buffer})
-  (func (export "lockwarden_configure") (param $len i32) (result i64) {configure})
-  (func (export "lockwarden_evaluate") (param $len i32) (result i64) {evaluate})
-  {extra}
-  {data}
-)"#,
-            imports = self.imports,
-            memory = self.memory,
-            version = self.version,
-            buffer = self.buffer,
-            configure = self.configure,
-            evaluate = self.evaluate,
-            extra = self.extra,
-            data = self.data,
-        )
-    }
-
-    pub fn wasm(&self) -> Vec<u8> {
-        wat::parse_str(self.wat()).unwrap_or_else(|e| panic!("{e}\n{}", self.wat()))
-    }
-
     /// A spec of this guest, for all keys, enforcing, without settings.
     pub fn spec(&self, name: &str) -> PolicySpec {
         PolicySpec {
@@ -166,35 +46,6 @@ impl Guest {
             .compile(self.spec(name), MAX_MODULE, LIMITS)
             .expect("compile")
     }
-}
-
-/// A function body returning canned output at `at`, and the data segment
-/// holding it.
-fn canned(at: u32, bytes: &[u8]) -> (String, String) {
-    (
-        format!("(i64.const {})", pack(at, bytes.len())),
-        format!(r#"(data (i32.const {at}) "{}")"#, literal(bytes)),
-    )
-}
-
-/// Runs `then` if the first key byte is `byte` (keys shorter than 128 bytes:
-/// the request starts with the operation and the key's one-byte length).
-pub fn if_key_starts_with(byte: u8, then: &str) -> String {
-    format!(
-        "(if (i32.eq (i32.load8_u (i32.const {})) (i32.const {byte})) (then {then}))",
-        INPUT + 2
-    )
-}
-
-/// Instructions answering `Clamp(value)` for an `i32` expression below 128.
-pub fn clamp_to(value: &str) -> String {
-    format!(
-        "(i32.store8 (i32.const {SCRATCH}) (i32.const 2))
-         (i32.store8 (i32.const {}) {value})
-         (i64.const {})",
-        SCRATCH + 1,
-        pack(SCRATCH, 2)
-    )
 }
 
 /// An acquire of `key` by `worker-1` for 30 s, lock free.

@@ -4,7 +4,7 @@
 use crate::guest::*;
 use lockwarden_core::LockError;
 use lockwarden_core::policy::{
-    EvalFailure, EvalLimits, FailureMode, MAX_INPUT_BYTES, PolicyRunner, PolicySpec, Registry,
+    EvalFailure, FailureMode, MAX_INPUT_BYTES, PolicyRunner, PolicySpec, Registry,
 };
 use lockwarden_sdk::abi::{self, Configured, Decision};
 
@@ -517,21 +517,10 @@ fn a_failed_instance_is_rebuilt_fresh() {
 #[test]
 fn a_failed_rebuild_breaks_the_policy_until_it_is_replaced() {
     // Configuring costs some 5000 fuel; evaluating traps on keys `t...`.
-    let mut guest = Guest::counter();
-    guest.configure = format!(
-        "(local $i i32)
-         (loop $l
-           (local.set $i (i32.add (local.get $i) (i32.const 1)))
-           (br_if $l (i32.lt_u (local.get $i) (i32.const 1000))))
-         {}",
-        guest.configure
-    );
+    let guest = Guest::counter().before_configure(&spin(1000));
     let mut registry = Registry::new();
     registry.install(guest.compile("fragile"), false).unwrap();
-    let low = EvalLimits {
-        fuel: 1000,
-        ..LIMITS
-    };
+    let low = with_fuel(1000);
 
     // The trap, then a rebuild under the low fuel limit, which fails.
     let verdict = registry
@@ -571,27 +560,13 @@ fn a_failed_rebuild_breaks_the_policy_until_it_is_replaced() {
 #[test]
 fn fuel_is_a_budget_per_call() {
     // About 3000 fuel per evaluation, with 5000 per call.
-    let mut guest = Guest::allow();
-    guest.evaluate = format!(
-        "(local $i i32)
-         (loop $l
-           (local.set $i (i32.add (local.get $i) (i32.const 1)))
-           (br_if $l (i32.lt_u (local.get $i) (i32.const 600))))
-         {}",
-        guest.evaluate
-    );
-    let limits = EvalLimits {
-        fuel: 5000,
-        ..LIMITS
-    };
+    let guest = Guest::busy(600);
+    let limits = with_fuel(5000);
     let mut runner = PolicyRunner::from_bytes("p", guest.wasm(), b"", limits).unwrap();
     for _ in 0..10 {
         assert_eq!(runner.evaluate(&acquire(b"k")), Ok(Decision::Allow));
     }
-    let limits = EvalLimits {
-        fuel: 2000,
-        ..LIMITS
-    };
+    let limits = with_fuel(2000);
     let mut runner = PolicyRunner::from_bytes("p", guest.wasm(), b"", limits).unwrap();
     assert_eq!(
         runner.evaluate(&acquire(b"k")),

@@ -6,3 +6,4 @@ mod guest;
 mod hostile;
 mod registry;
 mod specs;
+mod wat_guest;

@@ -3,7 +3,7 @@
 use crate::guest::*;
 use lockwarden_core::LockError;
 use lockwarden_core::policy::{
-    CompiledPolicy, EvalLimits, FailureMode, Mode, Note, PolicyEngine, PolicySpec, Registry,
+    CompiledPolicy, FailureMode, Mode, Note, PolicyEngine, PolicySpec, Registry,
 };
 use lockwarden_sdk::abi::Decision;
 use sha2::{Digest, Sha256};
@@ -319,21 +319,10 @@ fn a_dry_run_asks_one_policy_and_counts_nothing() {
 #[test]
 fn limits_are_those_of_each_call() {
     // About 3000 fuel per evaluation.
-    let mut guest = Guest::allow();
-    guest.evaluate = format!(
-        "(local $i i32)
-         (loop $l
-           (local.set $i (i32.add (local.get $i) (i32.const 1)))
-           (br_if $l (i32.lt_u (local.get $i) (i32.const 600))))
-         {}",
-        guest.evaluate
-    );
+    let guest = Guest::busy(600);
     let mut registry = registry(vec![enforce(guest, "slow")]);
     assert_eq!(verdict(&mut registry, b"k"), Ok(None));
-    let tight = EvalLimits {
-        fuel: 1000,
-        ..LIMITS
-    };
+    let tight = with_fuel(1000);
     let verdict = registry
         .evaluate(&acquire(b"k"), tight, FailureMode::Deny)
         .verdict;
