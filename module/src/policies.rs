@@ -142,7 +142,7 @@ pub fn load(call: &Call) -> Result<(), LockError> {
     let replace = req.replace;
     // Re-sent unchanged (replication after an AOF rewrite, a retried call)
     // and working: nothing to do. A broken instance is rebuilt by loading.
-    if replace && with(|r| installed_and_working(r, &spec)) {
+    if replace && with(|r| r.has_working(&spec)) {
         api!(RedisModule_ReplicateVerbatim, call.ctx);
         reply::ok(call.ctx);
         return Ok(());
@@ -189,14 +189,6 @@ pub fn load(call: &Call) -> Result<(), LockError> {
         ))));
     }
     Ok(())
-}
-
-/// Is exactly `spec` installed, with a working instance?
-fn installed_and_working(r: &Registry, spec: &PolicySpec) -> bool {
-    r.specs().any(|s| s == spec)
-        && r.list()
-            .iter()
-            .any(|p| p.name == spec.name && p.broken.is_none())
 }
 
 /// A load compiling on a background thread; the blocked client is a pointer
@@ -434,7 +426,7 @@ pub fn restore(bytes: &[u8]) -> Result<(), String> {
     }
     for spec in specs {
         let name = spec.name.clone();
-        if with(|r| installed_and_working(r, &spec)) {
+        if with(|r| r.has_working(&spec)) {
             continue;
         }
         match engine().compile(spec, usize::MAX, limits()) {

@@ -163,7 +163,7 @@ pub fn policy_path(name: &str) -> PathBuf {
 /// Each `fn name(flavor: Flavor) { .. }` becomes a module `name` holding the
 /// body and two `#[test]`s, `name::redis` and `name::valkey`, so
 /// `cargo test acquire_release` runs both and `cargo test ::valkey` runs
-/// only Valkey. Attributes (`#[ignore]`, `#[should_panic]`, doc comments) are
+/// only Valkey. Attributes (`#[should_panic]`, doc comments) are
 /// copied to both tests; a return type (e.g. `-> redis::RedisResult<()>`) is
 /// allowed. The body sees the enclosing module's items through
 /// `use super::*`, so invoke it at module level (not inside a function).
@@ -177,8 +177,10 @@ pub fn policy_path(name: &str) -> PathBuf {
 ///         assert_eq!(s.cmd_text(&["PING"]), "PONG");
 ///     }
 ///
-///     #[ignore]
-///     fn slow(_flavor: Flavor) {}
+///     #[should_panic(expected = "NOPERM")]
+///     fn refused(flavor: Flavor) {
+///         panic!("NOPERM {flavor}");
+///     }
 /// }
 /// # fn main() {}
 /// ```

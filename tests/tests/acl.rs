@@ -88,6 +88,51 @@ for_each_flavor! {
         assert!(!exists(&s, "app:locks:x"));
     }
 
+        /// Redis checks the arity the module declares, and the key specs say
+    /// which commands only read the lock: an ACL selector that grants read
+    /// access to a prefix (`%R~`) lets a monitoring user run LOCK.INFO there,
+    /// but not take, extend or release a lock.
+    fn arity_and_read_only_key_specs(flavor: Flavor) {
+        let s = Server::start(flavor);
+        for (name, arity) in [("lock.acquire", -4), ("lock.release", -3), ("lock.extend", -4), ("lock.info", 2)] {
+            let Value::Array(entries) = s.cmd(&["COMMAND", "INFO", name]) else {
+                panic!("COMMAND INFO {name}");
+            };
+            let Value::Array(fields) = &entries[0] else {
+                panic!("COMMAND INFO {name}: {}", render(&entries[0]));
+            };
+            assert_eq!(int(&fields[1]), arity, "{name} arity");
+        }
+        assert_err(&s.cmd(&["LOCK.INFO", "a", "b"]), "ERR", "LOCK.INFO with two keys");
+        acquire(&s, "mon:x", "owner", 30000).expect("lock");
+        let setup = ["ACL", "SETUSER", "monitor", "on", ">pw", "resetkeys", "%R~mon:*", "+@all"];
+        assert_eq!(s.cmd_text(&setup), "OK");
+        let client = redis::Client::open(format!("redis://monitor:pw@127.0.0.1:{}/", s.port())).unwrap();
+        let mut mon = client.get_connection_with_timeout(Duration::from_secs(5)).unwrap();
+        let info = parse_lock_info(&req(&mut mon, &["LOCK.INFO", "mon:x"])).expect("read access");
+        assert_eq!(info.owner, b"owner");
+        for args in [
+            vec!["LOCK.ACQUIRE", "mon:x", "owner", "1000"],
+            vec!["LOCK.EXTEND", "mon:x", "owner", "1000"],
+            vec!["LOCK.RELEASE", "mon:x", "owner"],
+            vec!["LOCK.INFO", "other:x"],
+        ] {
+            assert_err(&req(&mut mon, &args), "NOPERM", &format!("monitor: {args:?}"));
+        }
+        assert_eq!(held(&s, "mon:x").extensions, 0);
+    }
+
+    /// An unknown module argument is refused at load, naming it.
+    fn unknown_module_argument_refuses_to_load(flavor: Flavor) {
+        let builder = Server::builder(flavor).module_arg("max-tll-ms", "1000");
+        let failure = std::panic::catch_unwind(move || builder.start()).expect_err("loaded anyway");
+        let message = failure
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(message.contains("unknown module argument 'max-tll-ms'"), "{message}");
+    }
+
     /// COMMAND INFO reports key position 1 and the documented flags;
     /// COMMAND GETKEYS finds the lock's key.
     fn command_info_key_position_and_flags(flavor: Flavor) {

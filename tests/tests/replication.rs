@@ -184,8 +184,11 @@ for_each_flavor! {
             vec!["LOCK._GRANT", "g:new", "mallory", &fields],
             vec!["LOCK._GRANT", "g:new", "mallory", &session],
             vec!["LOCK._GRANT", "g:new", "mallory", &forged_token, &deadline, &now, "0"],
-            vec!["LOCK._GRANT", "g:new", "mallory"],
+                        vec!["LOCK._GRANT", "g:new", "mallory"],
             vec!["LOCK._GRANT", "g:new"],
+            // Raising the high-water mark is internal too.
+            vec!["LOCK._HIGHWATER", &forged_token],
+            vec!["LOCK._HIGHWATER", "x"],
         ] {
             assert_err(&p.cmd(&args), "ERR", &format!("{args:?}"));
         }

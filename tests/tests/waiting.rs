@@ -510,6 +510,35 @@ for_each_flavor! {
         assert_eq!(b.exec("PING"), "PONG");
     }
 
+        /// A waiter that is granted the lock but disconnects before the reply
+    /// can reach it (the release and the kill arrive in one event-loop turn)
+    /// does not keep the lock until its TTL: the undelivered grant is taken
+    /// back and the next waiter gets the lock at once.
+    fn undelivered_grant_is_revoked(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let before = lw_stats(&server);
+        acquire(&server, "r", "holder", 30000).unwrap();
+        let mut a = LwClient::new(server.port())
+            .cmds(&["CLIENT ID", "LOCK.ACQUIRE r a 30000 WAIT 30000"])
+            .interactive()
+            .spawn();
+        let a_id = a.expect_line();
+        wait_until("a queued", TIMEOUT, || lock_field(&server, "r", "waiters") == 1);
+        let mut c = queue_waiter(&server, "r", "c", 30000, 30000, 2);
+        // One write, so both commands run before Redis replies to `a`.
+        let mut raw = std::net::TcpStream::connect(server.addr()).expect("connect");
+        let pipeline = format!(
+            "LOCK.RELEASE r holder\r\nCLIENT KILL ID {a_id}\r\n"
+        );
+        std::io::Write::write_all(&mut raw, pipeline.as_bytes()).expect("send");
+        assert!(grant(&c.wait(TIMEOUT).0).is_some(), "c got the lock");
+        assert_eq!(owner_of(&server, "r").as_deref(), Some("c"));
+        let after = lw_stats(&server);
+        assert_eq!(after["grants_revoked"] - before["grants_revoked"], 1);
+        assert_eq!(after["handoffs"] - before["handoffs"], 2);
+        assert_eq!(after["waiters"], 0);
+    }
+
     /// Queued waiters come before a newcomer that finds the lock free before
     /// the server had a chance to serve the queue (DEL then ACQUIRE in one
     /// transaction).

@@ -155,6 +155,14 @@ impl Registry {
         Ok(())
     }
 
+    /// Is exactly `spec` installed, with a working instance? (Loading it
+    /// again would change nothing.)
+    pub fn has_working(&self, spec: &PolicySpec) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.policy.spec() == spec && e.policy.broken().is_none())
+    }
+
     /// Removes a policy; `false` if there is none of that name.
     pub fn unload(&mut self, name: &str) -> bool {
         match self.position(name) {
