@@ -64,6 +64,25 @@ pub enum GrantKind {
     Extended,
 }
 
+/// The lock key a grant goes to: its database and name, and the owner as a
+/// command argument when a command (not a handoff) made the grant.
+pub struct Target {
+    pub db: i32,
+    pub name: *mut RString,
+    pub owner_arg: Option<*mut RString>,
+}
+
+impl Target {
+    /// The command's own key (argv[1]) and owner (argv[2]).
+    fn of(call: &Call) -> Target {
+        Target {
+            db: call.db(),
+            name: call.key(),
+            owner_arg: call.argv.get(2).copied(),
+        }
+    }
+}
+
 /// Applies a grant or extension decided on this node: replicates it, stores
 /// `lease` in `key` (updating an existing lease in place, with its deadline
 /// as the key's absolute expiry), keeps the session index, publishes the
@@ -71,15 +90,15 @@ pub enum GrantKind {
 pub fn install(
     ctx: *mut ffi::Ctx,
     key: &mut Key,
-    db: i32,
-    name: *mut RString,
+    target: &Target,
     lease: Lease,
     kind: GrantKind,
     now_ms: i64,
 ) {
-    replicate::grant(ctx, name, &lease);
+    let name = target.name;
+    replicate::grant(ctx, name, target.owner_arg, &lease);
     // SAFETY: the key name lives for the whole call.
-    sessions::track(&lease, db, unsafe { ffi::bytes(name) });
+    sessions::track(&lease, target.db, unsafe { ffi::bytes(name) });
     put(key, lease, now_ms);
     ffi::notify(
         ctx,
@@ -206,8 +225,7 @@ pub fn acquire(call: &Call) -> Outcome {
             install(
                 call.ctx,
                 &mut key,
-                call.db(),
-                call.key(),
+                &Target::of(call),
                 lease,
                 GrantKind::Acquired,
                 now,
@@ -278,8 +296,7 @@ pub fn extend(call: &Call) -> Outcome {
     install(
         call.ctx,
         &mut key,
-        call.db(),
-        call.key(),
+        &Target::of(call),
         lease,
         GrantKind::Extended,
         now,

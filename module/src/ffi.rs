@@ -280,8 +280,9 @@ impl<'a> Call<'a> {
         Call { ctx, argv }
     }
 
-    /// The arguments after the command name, as byte slices.
-    pub fn args(&self) -> Vec<&'a [u8]> {
+    /// The arguments after the command name, as byte slices (on the stack
+    /// for the usual handful of arguments).
+    pub fn args(&self) -> smallvec::SmallVec<[&'a [u8]; 8]> {
         // SAFETY: the argument strings live until the command returns.
         self.argv
             .iter()

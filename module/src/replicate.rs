@@ -33,9 +33,30 @@ macro_rules! emit_grant {
     }};
 }
 
-/// Replicates a grant or extension of `lease` on `key`.
-pub fn grant(ctx: *mut Ctx, key: *mut RString, lease: &Lease) {
-    emit_grant!(RedisModule_Replicate, ctx, key, lease);
+/// Replicates a grant or extension of `lease` on `key`. `owner_arg` is the
+/// command's own owner argument, if it has one: Redis then shares that string
+/// instead of copying the owner (checked to hold the lease's owner).
+pub fn grant(ctx: *mut Ctx, key: *mut RString, owner_arg: Option<*mut RString>, lease: &Lease) {
+    // SAFETY: command arguments live until the command returns.
+    match owner_arg.filter(|&o| unsafe { crate::ffi::bytes(o) } == &*lease.owner) {
+        Some(owner) => {
+            let fields = GrantFields::of(lease);
+            let f = fields.as_bytes();
+            api!(
+                RedisModule_Replicate,
+                ctx,
+                GRANT_CMD.as_ptr(),
+                c"ssb".as_ptr(),
+                key,
+                owner,
+                f.as_ptr().cast::<std::ffi::c_char>(),
+                f.len()
+            );
+        }
+        None => {
+            emit_grant!(RedisModule_Replicate, ctx, key, lease);
+        }
+    }
 }
 
 /// Writes `lease` on `key` into an AOF rewrite.

@@ -330,7 +330,12 @@ pub fn serve(ctx: *mut Ctx, lk: &LockKey, name: *mut RString) {
                     deadline_ms: lease.deadline_ms,
                     client_id: lease.client_id,
                 };
-                commands::install(ctx, &mut key, lk.db, name, lease, GrantKind::Acquired, now);
+                let target = commands::Target {
+                    db: lk.db,
+                    name,
+                    owner_arg: None,
+                };
+                commands::install(ctx, &mut key, &target, lease, GrantKind::Acquired, now);
                 stats::HANDOFFS.incr();
                 stats::record_wait_us(w.since.elapsed().as_micros() as u64);
                 wake(

@@ -179,23 +179,12 @@ impl GrantFields {
     }
 
     /// Appends `v` in decimal and a colon.
-    fn push_u64(&mut self, mut v: u64) {
-        let mut digits = [0u8; 20];
-        let mut n = 0;
-        loop {
-            digits[n] = b'0' + (v % 10) as u8;
-            n += 1;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        for i in (0..n).rev() {
-            self.buf[self.len] = digits[i];
-            self.len += 1;
-        }
-        self.buf[self.len] = b':';
-        self.len += 1;
+    fn push_u64(&mut self, v: u64) {
+        let mut digits = itoa::Buffer::new();
+        let d = digits.format(v).as_bytes();
+        self.buf[self.len..self.len + d.len()].copy_from_slice(d);
+        self.buf[self.len + d.len()] = b':';
+        self.len += d.len() + 1;
     }
 
     /// The formatted bytes.

@@ -117,7 +117,8 @@ pub fn parse_u64(arg: &[u8]) -> Option<u64> {
     if arg.len() > 1 && arg[0] == b'0' {
         return None; // as Redis: no leading zeros
     }
-    std::str::from_utf8(arg).ok()?.parse().ok()
+    // At most 19 digits: always below u64::MAX.
+    Some(arg.iter().fold(0u64, |v, d| v * 10 + u64::from(d - b'0')))
 }
 
 /// Parses a strictly formatted signed decimal integer.
