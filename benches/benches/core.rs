@@ -211,6 +211,11 @@ fn policy_benches(c: &mut Criterion) {
     g.bench_function("evaluate/max-ttl/clamp", |b| {
         b.iter(|| registry.evaluate(black_box(&request), limits, FailureMode::Deny))
     });
+    // The host's share of an evaluation: encoding the request.
+    let mut buf = Vec::new();
+    g.bench_function("encode-request", |b| {
+        b.iter(|| lockwarden_sdk::abi::encode_into(black_box(&request), &mut buf))
+    });
     g.finish();
 }
 

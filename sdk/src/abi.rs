@@ -55,11 +55,19 @@ impl Operation {
     }
 }
 
+/// Serializes a byte string in one piece. Serde's default for `&[u8]` is a
+/// sequence of `u8`s, one call per byte; postcard writes both forms the same
+/// way (a varint length, then the bytes), so this changes the cost of
+/// encoding, not the wire format.
+fn bytes<S: serde::Serializer>(b: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(b)
+}
+
 /// The current holder of the lock, if any, as the server sees it.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Holder<'a> {
     /// The holder's owner string (binary-safe).
-    #[serde(borrow)]
+    #[serde(borrow, serialize_with = "bytes")]
     pub owner: &'a [u8],
     /// The fencing token of the current grant.
     pub token: u64,
@@ -75,7 +83,7 @@ pub struct Caller<'a> {
     /// The Redis client (connection) id.
     pub client_id: u64,
     /// The ACL user name of the connection (`default` without ACLs).
-    #[serde(borrow)]
+    #[serde(borrow, serialize_with = "bytes")]
     pub user: &'a [u8],
 }
 
@@ -85,10 +93,10 @@ pub struct Request<'a> {
     /// The command.
     pub op: Operation,
     /// The lock's key (binary-safe).
-    #[serde(borrow)]
+    #[serde(borrow, serialize_with = "bytes")]
     pub key: &'a [u8],
     /// The owner named in the command (binary-safe).
-    #[serde(borrow)]
+    #[serde(borrow, serialize_with = "bytes")]
     pub owner: &'a [u8],
     /// The requested TTL in milliseconds (0 for a release).
     pub ttl_ms: u64,
@@ -253,6 +261,21 @@ mod tests {
         let bytes = encode(&request()).unwrap();
         for cut in 0..bytes.len() {
             assert!(decode::<Request>(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn byte_strings_keep_the_wire_format_of_a_u8_sequence() {
+        #[derive(Serialize)]
+        struct AsBytes<'a>(#[serde(serialize_with = "bytes")] &'a [u8]);
+        #[derive(Serialize)]
+        struct AsSeq<'a>(&'a [u8]);
+        // Lengths around the one- and two-byte varint boundary.
+        for len in [0usize, 1, 127, 128, 300] {
+            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let fast = encode(&AsBytes(&data)).unwrap();
+            assert_eq!(fast, encode(&AsSeq(&data)).unwrap(), "length {len}");
+            assert_eq!(decode::<&[u8]>(&fast).unwrap(), &data[..]);
         }
     }
 

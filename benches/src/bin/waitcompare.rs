@@ -196,7 +196,7 @@ fn run() -> Result<()> {
                 by_mode[(mode == Mode::Poll) as usize].push(r);
             }
         }
-        rows(&mut report, &tag, &by_mode);
+        rows(&mut report, &tag, cfg, &by_mode);
         if i == 0 {
             // INFO lockwarden's wait histogram is cumulative since the server
             // started: read it before the next configuration adds to it.
@@ -211,7 +211,18 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-fn rows(report: &mut Report, tag: &str, by_mode: &[Vec<RoundResult>; 2]) {
+/// Commands per acquisition a polling client is expected to send: the
+/// acquire and the release, plus the failed polls of the other clients while
+/// the lock is held, (clients − 1) × hold ÷ mean backoff.
+fn expected_polling_cmds(cfg: &Config) -> f64 {
+    let mean_backoff_ms = (cfg.min_sleep_ms + cfg.max_sleep_ms) as f64 / 2.0;
+    2.0 + (cfg.clients - 1) as f64 * cfg.hold.as_secs_f64() * 1000.0 / mean_backoff_ms
+}
+
+/// The commands target (WAIT ≤ 0.2× polling).
+const CMDS_TARGET: f64 = 0.2;
+
+fn rows(report: &mut Report, tag: &str, cfg: &Config, by_mode: &[Vec<RoundResult>; 2]) {
     let scalar =
         |report: &mut Report, what: &str, unit: &str, compare, f: fn(&RoundResult) -> f64| {
             let col = |m: usize| by_mode[m].iter().map(f).collect::<Vec<_>>();
@@ -269,8 +280,25 @@ fn rows(report: &mut Report, tag: &str, by_mode: &[Vec<RoundResult>; 2]) {
         Compare::Ratio,
         |r| r.cmds_per_acq,
     );
-    if let Line::Row(row) = &mut report.lines[cmds] {
-        row.target = Target::AtMost(0.2);
+    // WAIT needs exactly 2 commands (acquire, release), so it can beat
+    // polling by at most expected ÷ 2. Judge the target where that bound
+    // allows it; where polling hardly ever waits (short holds) no server-side
+    // wait can send 5× fewer commands, and the row is reported, not judged.
+    let expected = expected_polling_cmds(cfg);
+    if 2.0 / expected <= CMDS_TARGET {
+        if let Line::Row(row) = &mut report.lines[cmds] {
+            row.target = Target::AtMost(CMDS_TARGET);
+        }
+    } else {
+        report.note(format!(
+            "{tag}: commands/acquisition not judged: polling is expected to need only \
+             2 + {} × {} ms ÷ {} ms = {expected:.1} commands per acquisition here, so even the \
+             floor of 2 (acquire + release) is {:.2}× of it, above the {CMDS_TARGET}× target",
+            cfg.clients - 1,
+            cfg.hold.as_millis(),
+            (cfg.min_sleep_ms + cfg.max_sleep_ms) / 2,
+            2.0 / expected
+        ));
     }
     scalar(
         report,
