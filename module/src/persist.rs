@@ -72,6 +72,11 @@ pub unsafe extern "C" fn aux_load(
             tracing::warn!("cannot load lockwarden aux data (version {version})");
             return raw::REDISMODULE_ERR as c_int;
         }
+        if high_water > lockwarden_core::clock::MAX_TOKEN {
+            tracing::warn!("corrupt lockwarden aux data: high-water token {high_water}");
+            api!(RedisModule_Free, specs.cast());
+            return raw::REDISMODULE_ERR as c_int;
+        }
         state::observe_token(high_water);
         KEEP_CLIENT_IDS
             .get()

@@ -80,7 +80,10 @@ pub fn error(e: &LockError) {
         LockError::TtlMin { .. } => REJECTED_TTLMIN.incr(),
         LockError::Denied { .. } => POLICY_DENIALS.incr(),
         LockError::Policy { .. } => POLICY_FAILURES.incr(),
-        LockError::Syntax(_) | LockError::WrongType | LockError::BadPolicy(_) => {}
+        LockError::Syntax(_)
+        | LockError::WrongType
+        | LockError::BadPolicy(_)
+        | LockError::TokensExhausted => {}
     }
 }
 

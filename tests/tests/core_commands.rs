@@ -12,7 +12,7 @@ use lockwarden_tests::redis::{self, Value};
 use lockwarden_tests::*;
 
 /// The largest token accepted from outside (RESTORE, replication): 2^62.
-const MAX_TOKEN: i64 = 1 << 62;
+const MAX_TOKEN: i64 = i64::MAX;
 
 /// Polls until `PTTL key` is at most `ms` (time passes; no fixed sleep).
 fn wait_pttl_below(s: &Server, key: &str, ms: i64) {
@@ -656,8 +656,9 @@ for_each_flavor! {
 
     /// Corrupt DUMP payloads are refused (bad CRC, and valid CRC with a
     /// corrupt lease encoding); the server stays up and other locks are
-    /// unchanged. A valid lease with the largest accepted token restores, and
-    /// the next token still fits in an i64.
+    /// unchanged. A valid lease with the largest token (i64::MAX) restores;
+    /// it leaves no larger token, so the next grant fails loudly (`TOKENS`)
+    /// and changes nothing, while the existing locks keep working.
     fn restore_corrupt_payload_is_refused(flavor: Flavor) {
         // Known answer of Redis's crc64 (src/crc64.c).
         assert_eq!(crc64_jones(b"123456789"), 0xe9c6_d914_c4b8_d9ca);
@@ -704,13 +705,12 @@ for_each_flavor! {
             ("token 0", mutated(&|p| p[token_at..token_at + 8].fill(0), true)),
             ("token u64::MAX", mutated(&|p| p[token_at..token_at + 8].fill(0xff), true)),
             (
-                "token above 2^62",
-                mutated(&|p| p[token_at..token_at + 8].copy_from_slice(&((1u64 << 62) + 1).to_le_bytes()), true),
+                "token above i64::MAX",
+                mutated(&|p| p[token_at..token_at + 8].copy_from_slice(&(1u64 << 63).to_le_bytes()), true),
             ),
             ("version 9", mutated(&|p| p[at] = 9, true)),
             ("version 0", mutated(&|p| p[at] = 0, true)),
             ("unknown flags", mutated(&|p| p[flags_at] = 0x80, true)),
-            ("deadline before acquisition", mutated(&|p| p[deadline_at..deadline_at + 8].fill(0), true)),
             ("string shorter than the header", mutated(&|p| p[at - 1] = 20, true)),
             ("string length beyond the payload", mutated(&|p| p[at - 1] = 60, true)),
             ("missing module EOF", mutated(&|p| p[n - 11] = 0x05, true)),
@@ -731,16 +731,23 @@ for_each_flavor! {
         assert_eq!(restore(&s, "control", 0, &same), Value::Okay);
         assert_eq!(held(&s, "control").token, t);
 
-        // The largest accepted token (2^62) restores; later tokens still fit
-        // in an i64 and keep increasing.
+        // A deadline before the acquisition time is a valid lease (what an
+        // extension on a node with a slower clock produces).
+        let early = mutated(&|p| p[deadline_at..deadline_at + 8].copy_from_slice(&1i64.to_le_bytes()), true);
+        assert_eq!(restore(&s, "early", 0, &early), Value::Okay);
+        assert!(lock_info(&s, "early").is_none(), "a lease past its deadline is not held");
+
+        // The largest token restores, and stops the clock: no larger token
+        // exists, so a grant fails with TOKENS and nothing changes.
         let max = mutated(&|p| p[token_at..token_at + 8].copy_from_slice(&(MAX_TOKEN as u64).to_le_bytes()), true);
         assert_eq!(restore(&s, "maxed", 0, &max), Value::Okay);
         assert_eq!(held(&s, "maxed").token, MAX_TOKEN);
-        let next = acquire_ok(&s, "after-max", "o", 1000);
-        assert!(next > MAX_TOKEN, "token {next} after a restored 2^62");
-        let next2 = acquire_ok(&s, "after-max2", "o", 1000);
-        assert!(next2 > next);
+        assert_eq!(lw_stat(&s, "token_high_water"), MAX_TOKEN);
+        assert_err(&s.cmd(&["LOCK.ACQUIRE", "after-max", "o", "1000"]), "TOKENS", "");
+        assert!(!exists(&s, "after-max"));
+        assert_eq!(s.cmd(&["LOCK.EXTEND", "good", "keeper", "60000"]), Value::Int(60000));
         assert_eq!(held(&s, "good").token, good);
+        release_ok(&s, "good", "keeper");
     }
 
     /// INFO lockwarden counters follow the commands.

@@ -216,6 +216,46 @@ for_each_flavor! {
         assert!(acquire_ok(p, "g:new", "bob", 1000) < t + 1_000_000_000);
     }
 
+    /// A holder that extends on a primary whose clock is behind the clock
+    /// that granted its lock (a failover to a node with a slower clock, a
+    /// clock stepped back) gets a deadline before its acquisition time. That
+    /// lease replicates, reloads and survives a full sync like any other: a
+    /// primary must never write what its replica or its own loader refuses.
+    fn extension_under_a_slower_clock_replicates_and_reloads(flavor: Flavor) {
+        let pair = ReplicaPair::start(flavor, |b| b.arg("rdbcompression", "no"));
+        let (p, r) = (&pair.primary, &pair.replica);
+        let t = acquire_ok(p, "skew", "alice", 60000);
+        // The same lease, as granted by a clock one hour ahead of this one.
+        let mut payload = dump(p, "skew");
+        let at = lease_offset(&payload, t as u64);
+        let field = |p: &[u8], off: usize| i64::from_le_bytes(p[off..off + 8].try_into().unwrap());
+        let ahead = field(&payload, at + 17) + 3_600_000;
+        payload[at + 9..at + 17].copy_from_slice(&(ahead + 60_000).to_le_bytes());
+        payload[at + 17..at + 25].copy_from_slice(&ahead.to_le_bytes());
+        fix_crc(&mut payload);
+        let reply = req_bytes(&mut p.client(), &[b"RESTORE", b"skew", b"0", &payload, b"REPLACE"]);
+        assert_eq!(reply, Value::Okay, "RESTORE: {}", render(&reply));
+        assert_eq!(held(p, "skew").acquired_at, ahead);
+
+        assert_eq!(p.cmd(&["LOCK.EXTEND", "skew", "alice", "30000"]), Value::Int(30000));
+        pair.wait_for_offset();
+        let info = assert_same(&pair, "skew");
+        assert_eq!((info.token, info.acquired_at, info.extensions), (t, ahead, 1));
+        assert!(info.ttl <= 30000, "{info:?}");
+
+        for s in [p, r] {
+            assert_eq!(s.cmd_text(&["DEBUG", "RELOAD"]), "OK");
+            assert!(s.is_running());
+            assert_eq!(held(s, "skew").lease_fields(), info.lease_fields());
+        }
+        // A full sync carries it too.
+        assert_eq!(r.cmd_text(&["REPLICAOF", "NO", "ONE"]), "OK");
+        r.cmd(&["FLUSHALL"]);
+        assert_eq!(r.cmd_text(&["REPLICAOF", "127.0.0.1", &p.port().to_string()]), "OK");
+        wait_for_sync(p, r);
+        assert_same(&pair, "skew");
+    }
+
     /// After promotion, the promoted replica knows every token the old
     /// primary issued, issues larger ones, and the old holder can extend
     /// and release on it.

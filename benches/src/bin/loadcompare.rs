@@ -36,6 +36,8 @@ options:
   --server BIN       redis-server (default) or valkey-server, or a path
   --benchmark BIN    the load tool for (a) and (e) (default redis-benchmark)
   --rounds N         alternating rounds per scenario (default 11)
+  --policy-rounds N  alternating rounds of (e) (default 25: its difference is
+                     small against the run-to-run noise)
   --requests N       redis-benchmark -n per run (default 100000)
   --clients N        redis-benchmark -c (default 50)
   --pipeline N       redis-benchmark -P (default 16)
@@ -78,6 +80,7 @@ struct Ctx {
     con: Connection,
     tool: BenchTool,
     rounds: usize,
+    policy_rounds: usize,
     locks: usize,
     depth: usize,
     mem_locks: usize,
@@ -124,6 +127,7 @@ fn run() -> Result<()> {
             "server",
             "benchmark",
             "rounds",
+            "policy-rounds",
             "requests",
             "clients",
             "pipeline",
@@ -167,6 +171,7 @@ fn run() -> Result<()> {
         // Many short rounds rather than a few long ones: on a shared machine
         // the two halves of a pair are more likely to see the same load.
         rounds: args.get("rounds", if quick { 2 } else { 11 })?,
+        policy_rounds: args.get("policy-rounds", if quick { 2 } else { 25 })?,
         locks: args.get("locks", if quick { 20_000 } else { 100_000 })?,
         depth: args.get("depth", 100)?,
         mem_locks: args.get("mem-locks", if quick { 10_000 } else { 100_000 })?,
@@ -180,8 +185,8 @@ fn run() -> Result<()> {
     cx.report.context(
         "rounds",
         format!(
-            "{} per scenario, variants alternating; A/B = median of per-round ratios; server CPU = INFO commandstats usec/calls after FLUSHALL + CONFIG RESETSTAT",
-            cx.rounds
+            "{} per scenario ({} for (e)), variants alternating; A/B = median of per-round ratios; server CPU = INFO commandstats usec/calls after FLUSHALL + CONFIG RESETSTAT",
+            cx.rounds, cx.policy_rounds
         ),
     );
 
@@ -780,7 +785,7 @@ fn policy(cx: &mut Ctx) -> Result<()> {
     }
     let ttl = TTL_MS.to_string();
     let cmd = ["LOCK.ACQUIRE", "lock:__rand_int__", OWNER, &ttl];
-    let res = alternate(cx.rounds, 2, |round, v| {
+    let res = alternate(cx.policy_rounds, 2, |round, v| {
         if v == 0 {
             load(&mut cx.con, "*")?;
         } else {

@@ -17,17 +17,20 @@
 //!   later than `t` issues larger ones.
 //! * Tokens stay below 2^53 until the year 2248, so they are exact in Lua,
 //!   JavaScript and JSON numbers (IEEE doubles): a fencing check written in
-//!   any of them compares them correctly. Tokens accepted from outside
-//!   (`RESTORE`, replication) are capped at [`MAX_TOKEN`] (2^62), and the wall
-//!   term is capped there too, so every token fits in a signed 64-bit integer.
+//!   any of them compares them correctly.
+//! * Every token, issued or accepted (replication, RDB, AOF, `RESTORE`), lies
+//!   in `1..=`[`MAX_TOKEN`] (`i64::MAX`): it fits the integer reply, and
+//!   whatever one node issues every other node (and its own loader) accepts.
+//!   A clock whose high-water mark reached the maximum issues nothing more
+//!   ([`TokenClock::issue`] returns `None`, the command fails): only a forged
+//!   lease (`RESTORE` of a crafted payload) can get there, since wall time
+//!   reaches it only in the year 285 million.
 
 /// Bits of per-millisecond sequence space below the wall-clock term.
 pub const WALL_SHIFT: u32 = 10;
 
-/// The largest token accepted from outside (replication, RDB, RESTORE).
-/// Issued tokens can exceed it only by the number of grants made after it
-/// was seen, so every token fits in a signed 64-bit integer.
-pub const MAX_TOKEN: u64 = 1 << 62;
+/// The largest token: issued, replicated, persisted or restored.
+pub const MAX_TOKEN: u64 = i64::MAX as u64;
 
 /// Issues fencing tokens; see the module documentation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -46,12 +49,16 @@ impl TokenClock {
         self.high_water
     }
 
-    /// Issues the next token at wall time `now_ms` (unix milliseconds).
-    pub fn issue(&mut self, now_ms: i64) -> u64 {
-        let wall = wall_term(now_ms);
-        let next = self.high_water.saturating_add(1).max(wall);
+    /// Issues the next token at wall time `now_ms` (unix milliseconds);
+    /// `None` once the high-water mark is [`MAX_TOKEN`] (no larger token
+    /// exists).
+    pub fn issue(&mut self, now_ms: i64) -> Option<u64> {
+        if self.high_water >= MAX_TOKEN {
+            return None;
+        }
+        let next = (self.high_water + 1).max(wall_term(now_ms));
         self.high_water = next;
-        next
+        Some(next)
     }
 
     /// Records a token issued elsewhere (a replicated or loaded grant) or a
@@ -77,22 +84,22 @@ mod tests {
     #[test]
     fn first_token_carries_the_wall_clock() {
         let mut c = TokenClock::new();
-        assert_eq!(c.issue(NOW), (NOW as u64) << WALL_SHIFT);
+        assert_eq!(c.issue(NOW).unwrap(), (NOW as u64) << WALL_SHIFT);
     }
 
     #[test]
     fn many_grants_in_one_millisecond_stay_increasing() {
         let mut c = TokenClock::new();
-        let a = c.issue(NOW);
-        let b = c.issue(NOW);
+        let a = c.issue(NOW).unwrap();
+        let b = c.issue(NOW).unwrap();
         assert_eq!(b, a + 1);
     }
 
     #[test]
     fn a_backward_clock_step_never_lowers_tokens() {
         let mut c = TokenClock::new();
-        let a = c.issue(NOW);
-        let b = c.issue(NOW - 3_600_000);
+        let a = c.issue(NOW).unwrap();
+        let b = c.issue(NOW - 3_600_000).unwrap();
         assert!(b > a);
     }
 
@@ -100,7 +107,7 @@ mod tests {
     fn observed_tokens_raise_the_high_water() {
         let mut c = TokenClock::new();
         c.observe(((NOW + 10_000) as u64) << WALL_SHIFT);
-        assert!(c.issue(NOW) > ((NOW + 10_000) as u64) << WALL_SHIFT);
+        assert!(c.issue(NOW).unwrap() > ((NOW + 10_000) as u64) << WALL_SHIFT);
     }
 
     #[test]
@@ -110,28 +117,31 @@ mod tests {
         let mut old = TokenClock::new();
         let mut lost = 0;
         for _ in 0..1000 {
-            lost = old.issue(NOW);
+            lost = old.issue(NOW).unwrap();
         }
         let mut promoted = TokenClock::new();
-        assert!(promoted.issue(NOW + 1) > lost);
+        assert!(promoted.issue(NOW + 1).unwrap() > lost);
     }
 
     #[test]
     fn tokens_are_exact_doubles_for_two_centuries() {
         let year_2200_ms = 7_258_118_400_000i64;
         let mut c = TokenClock::new();
-        let t = c.issue(year_2200_ms);
+        let t = c.issue(year_2200_ms).unwrap();
         assert!(t < 1 << 53, "{t}");
         assert_eq!(t as f64 as u64, t);
         assert_eq!((t + 1) as f64 as u64, t + 1);
     }
 
     #[test]
-    fn tokens_fit_in_i64() {
+    fn tokens_fit_in_i64_and_stop_at_the_maximum() {
         let mut c = TokenClock::new();
-        c.observe(MAX_TOKEN);
-        assert!(c.issue(i64::MAX) <= i64::MAX as u64);
-        assert!(c.issue(-5) > MAX_TOKEN);
+        assert!(c.issue(i64::MAX).unwrap() <= MAX_TOKEN);
+        c.observe(MAX_TOKEN - 2);
+        assert_eq!(c.issue(-5), Some(MAX_TOKEN - 1));
+        assert_eq!(c.issue(i64::MAX), Some(MAX_TOKEN));
+        assert_eq!(c.issue(i64::MAX), None);
+        assert_eq!(c.high_water(), MAX_TOKEN);
     }
 
     proptest! {
@@ -147,14 +157,18 @@ mod tests {
                 now = now.saturating_add(jump);
                 match kind {
                     0 | 1 => {
-                        let t = c.issue(now);
-                        prop_assert!(t > last_issued);
-                        prop_assert!(t > seen_max);
-                        prop_assert!(t <= i64::MAX as u64);
-                        last_issued = t;
+                        match c.issue(now) {
+                            Some(t) => {
+                                prop_assert!(t > last_issued);
+                                prop_assert!(t > seen_max);
+                                prop_assert!(t <= MAX_TOKEN);
+                                last_issued = t;
+                            }
+                            None => prop_assert_eq!(c.high_water(), MAX_TOKEN),
+                        }
                     }
                     _ => {
-                        let o = observed % MAX_TOKEN;
+                        let o = observed % (MAX_TOKEN + 1);
                         c.observe(o);
                         seen_max = seen_max.max(o);
                     }

@@ -14,6 +14,7 @@
 //! | `POLICY`   | a policy failed (trap, fuel, memory, bad decision) under `policy-failure deny` |
 //! | `WRONGTYPE`| the key holds a value that is not a lock |
 //! | `BADPOLICY`| `LOCK.POLICY LOAD` refused a module or its settings |
+//! | `TOKENS`   | no fencing token is left: the high-water mark is at the maximum (only a forged lease restored with `RESTORE` can do that) |
 
 use std::fmt;
 
@@ -58,6 +59,9 @@ pub enum LockError {
     WrongType,
     /// `LOCK.POLICY LOAD` refused a module or its settings.
     BadPolicy(String),
+    /// The token clock's high-water mark is at [`crate::clock::MAX_TOKEN`]:
+    /// no larger token exists.
+    TokensExhausted,
     /// A policy could not be evaluated.
     Policy {
         /// The policy's name.
@@ -80,6 +84,7 @@ impl LockError {
             LockError::Policy { .. } => "POLICY",
             LockError::WrongType => "WRONGTYPE",
             LockError::BadPolicy(_) => "BADPOLICY",
+            LockError::TokensExhausted => "TOKENS",
         }
     }
 
@@ -120,6 +125,11 @@ impl fmt::Display for LockError {
                 f.write_str("Operation against a key holding the wrong kind of value")
             }
             LockError::BadPolicy(m) => write!(f, "{}", Clean(m)),
+            LockError::TokensExhausted => write!(
+                f,
+                "no fencing token is left: the high-water mark is {} (was a forged lease restored?)",
+                crate::clock::MAX_TOKEN
+            ),
         }
     }
 }
@@ -178,6 +188,7 @@ mod tests {
             },
             LockError::WrongType,
             LockError::BadPolicy("imports present".into()),
+            LockError::TokensExhausted,
         ];
         for e in errors {
             let text = e.to_string();

@@ -69,7 +69,7 @@ pub enum DecodeError {
     BadToken,
     /// An owner that is empty or longer than [`MAX_OWNER_LEN`].
     BadOwner,
-    /// A deadline before the acquisition time, or a time that is not a number.
+    /// A time that is not a number.
     BadTimes,
     /// An extension count that is not a 32-bit number.
     BadExtensions,
@@ -85,9 +85,7 @@ impl std::fmt::Display for DecodeError {
             DecodeError::UnknownFlags(b) => write!(f, "unknown lease flags {b:#x}"),
             DecodeError::BadToken => f.write_str("lease token out of range"),
             DecodeError::BadOwner => f.write_str("lease owner empty or too long"),
-            DecodeError::BadTimes => {
-                f.write_str("lease times invalid (deadline before acquisition?)")
-            }
+            DecodeError::BadTimes => f.write_str("lease time is not a number"),
             DecodeError::BadExtensions => f.write_str("lease extension count invalid"),
             DecodeError::Trailing => f.write_str("unexpected trailing lease fields"),
         }
@@ -229,16 +227,17 @@ pub fn parse_grant_fields(owner: &[u8], fields: &[u8]) -> Result<Lease, DecodeEr
     })
 }
 
-/// The checks every lease from outside passes.
+/// The checks every lease from outside passes. They accept every lease the
+/// rules can produce, or a node would refuse (replication, AOF) or fail to
+/// load (RDB) what its primary, or itself, wrote. In particular a deadline
+/// may precede the acquisition time: a holder that extends on a node whose
+/// clock is behind the one that granted the lock gets `now + ttl`.
 fn validate(lease: Lease) -> Result<Lease, DecodeError> {
     if lease.token == 0 || lease.token > MAX_TOKEN {
         return Err(DecodeError::BadToken);
     }
     if lease.owner.is_empty() || lease.owner.len() > MAX_OWNER_LEN {
         return Err(DecodeError::BadOwner);
-    }
-    if lease.deadline_ms < lease.acquired_at_ms {
-        return Err(DecodeError::BadTimes);
     }
     Ok(lease)
 }
@@ -299,9 +298,11 @@ pub(crate) mod tests {
         let mut v = good.clone();
         v.extend(std::iter::repeat_n(b'x', MAX_OWNER_LEN));
         assert_eq!(decode(&v), Err(DecodeError::BadOwner));
+        // A deadline before the acquisition (extended under a clock behind
+        // the granting one) is a lease like any other.
         let mut v = good;
         v[9..17].copy_from_slice(&0i64.to_le_bytes());
-        assert_eq!(decode(&v), Err(DecodeError::BadTimes));
+        assert_eq!(decode(&v).map(|l| l.deadline_ms), Ok(0));
     }
 
     #[test]
@@ -328,7 +329,8 @@ pub(crate) mod tests {
             b"1:2:1:0",
             b"1:2:1:0:0:9",
             b"0:2:1:0:0",
-            b"1:1:2:0:0",
+            b"9223372036854775808:2:1:0:0",
+            b"1:x:1:0:0",
             b"1:2:1:x:0",
             b"1:2:1:0:2",
             b"1:2:1:4294967296:0",
@@ -341,6 +343,11 @@ pub(crate) mod tests {
             );
         }
         assert!(parse_grant_fields(b"", b"1:2:1:0:0").is_err());
+        let late = parse_grant_fields(b"me", b"9223372036854775807:1:2:0:0").unwrap();
+        assert_eq!(
+            (late.token, late.deadline_ms, late.acquired_at_ms),
+            (MAX_TOKEN, 1, 2)
+        );
     }
 
     proptest! {
