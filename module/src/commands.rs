@@ -221,7 +221,7 @@ pub fn acquire(call: &Call) -> Outcome {
             } else {
                 stats::ACQUIRES_RETRIED.incr();
             }
-            let token = lease.token;
+            let (token, deadline) = (lease.token, lease.deadline_ms);
             install(
                 call.ctx,
                 &mut key,
@@ -230,6 +230,11 @@ pub fn acquire(call: &Call) -> Outcome {
                 GrantKind::Acquired,
                 now,
             );
+            // A retry resets the TTL, possibly shorter: the queue's timer
+            // follows the holder's new deadline.
+            if let Some(lk) = &queue {
+                waiters::deadline_moved(lk, deadline, now);
+            }
             reply::array(call.ctx, 2);
             reply::int(call.ctx, token as i64);
             reply::int(call.ctx, ttl_ms as i64);

@@ -1,9 +1,11 @@
 //! Server and keyspace events the module follows:
 //! * end of a load: client ids in an RDB are trusted only during that load;
-//! * replication role changes: only a primary counts expirations;
+//! * replication role changes: only a primary counts expirations and
+//!   releases session locks;
 //! * client disconnects: session locks are released;
-//! * FLUSHDB/FLUSHALL and SWAPDB: waiters are served (no per-key callback
-//!   runs when a whole database is emptied or swapped);
+//! * FLUSHDB/FLUSHALL and SWAPDB: waiters are served and the session index
+//!   follows (no per-key callback runs when a whole database is emptied or
+//!   swapped);
 //! * key expiry: a lock whose lease ran out while held is published as the
 //!   module keyspace event `lock.expired`;
 //! * a fork for an AOF rewrite: node-wide state is propagated again so that
@@ -22,10 +24,12 @@ use std::ffi::{c_char, c_int, c_void};
 static EXPIRED: MainThread<RefCell<Option<Box<[u8]>>>> = MainThread::new(RefCell::new(None));
 
 /// Called from the unlink callback for every lease that leaves the keyspace.
+/// Redis fires the `expired` event right after the unlink of an expiring key;
+/// any other unlink replaces the stash, and every `expired` event consumes
+/// it, so a lease deleted some other way is not published as expired later.
 pub fn lock_gone(name: &[u8], lease: &Lease, now_ms: i64) {
-    if state::is_primary() && !lease.is_live(now_ms) {
-        *EXPIRED.get().borrow_mut() = Some(name.into());
-    }
+    *EXPIRED.get().borrow_mut() =
+        (state::is_primary() && !lease.is_live(now_ms)).then(|| name.into());
 }
 
 unsafe extern "C" fn on_expired(
@@ -35,15 +39,9 @@ unsafe extern "C" fn on_expired(
     key: *mut RString,
 ) -> c_int {
     ffi::guard("expired event", (), || {
-        let was_lock = {
-            let mut stash = EXPIRED.get().borrow_mut();
-            // SAFETY: the key string lives for the duration of the callback.
-            let hit = stash.as_deref() == Some(unsafe { ffi::bytes(key) });
-            if hit {
-                *stash = None;
-            }
-            hit
-        };
+        let stash = EXPIRED.get().borrow_mut().take();
+        // SAFETY: the key string lives for the duration of the callback.
+        let was_lock = stash.as_deref() == Some(unsafe { ffi::bytes(key) });
         if was_lock {
             ffi::notify(ctx, c"lock.expired", key);
         }
@@ -73,7 +71,11 @@ unsafe extern "C" fn on_role_change(
     _data: *mut c_void,
 ) {
     ffi::guard("role change event", (), || {
-        state::set_primary(sub == raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER);
+        let primary = sub == raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER;
+        state::set_primary(primary);
+        if !primary {
+            sessions::clear();
+        }
     })
 }
 
@@ -93,19 +95,30 @@ unsafe extern "C" fn on_client_change(
     })
 }
 
-/// FLUSHDB/FLUSHALL ended or databases were swapped: locks may be gone.
+/// FLUSHDB/FLUSHALL ended or databases were swapped: locks may be gone, and
+/// session leases may live in another database now.
 unsafe extern "C" fn on_keyspace_reset(
     _ctx: *mut Ctx,
     event: raw::RedisModuleEvent,
     sub: u64,
-    _data: *mut c_void,
+    data: *mut c_void,
 ) {
     ffi::guard("flush event", (), || {
-        if event.id == raw::REDISMODULE_EVENT_SWAPDB || sub == raw::REDISMODULE_SUBEVENT_FLUSHDB_END
-        {
-            for lk in waiters::all_keys() {
-                waiters::schedule(&lk);
+        if event.id == raw::REDISMODULE_EVENT_SWAPDB {
+            // SAFETY: SWAPDB passes a RedisModuleSwapDbInfo.
+            if let Some(info) = unsafe { data.cast::<raw::RedisModuleSwapDbInfo>().as_ref() } {
+                sessions::dbs_swapped(info.dbnum_first, info.dbnum_second);
             }
+        } else if sub == raw::REDISMODULE_SUBEVENT_FLUSHDB_END {
+            // SAFETY: FLUSHDB passes a RedisModuleFlushInfo (dbnum -1: all).
+            if let Some(info) = unsafe { data.cast::<raw::RedisModuleFlushInfo>().as_ref() } {
+                sessions::flushed((info.dbnum >= 0).then_some(info.dbnum));
+            }
+        } else {
+            return;
+        }
+        for lk in waiters::all_keys() {
+            waiters::schedule(&lk);
         }
     })
 }

@@ -109,6 +109,9 @@ pub fn missing_apis() -> Vec<&'static str> {
         RedisModule_FreeCallReply,
         RedisModule_GetClientUserNameById,
         RedisModule_SetCommandInfo,
+        RedisModule_AvoidReplicaTraffic,
+        RedisModule_GetKeyNameFromOptCtx,
+        RedisModule_GetDbIdFromOptCtx,
     )
 }
 
@@ -330,6 +333,33 @@ pub fn command_now_ms() -> i64 {
 pub fn wall_now_ms() -> i64 {
     api!(RedisModule_Milliseconds)
 }
+
+/// May a callback that is not a client command (a timer, an event, a
+/// blocked client's reply) write to the keyspace and propagate now?
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writes {
+    Allowed,
+    /// Writes are paused (`CLIENT PAUSE`, `FAILOVER`, a cluster manual
+    /// failover): Redis keeps expired keys in place and asserts that nothing
+    /// is propagated. Try again later.
+    Paused,
+    /// This node follows a primary, which decides every write.
+    Replica,
+}
+
+pub fn writes(ctx: *mut Ctx) -> Writes {
+    if context_flags(ctx) & raw::REDISMODULE_CTX_FLAGS_SLAVE != 0 {
+        Writes::Replica
+    } else if api!(RedisModule_AvoidReplicaTraffic) != 0 {
+        Writes::Paused
+    } else {
+        Writes::Allowed
+    }
+}
+
+/// How long a deferred write waits before looking again while writes are
+/// paused.
+pub const PAUSED_RETRY_MS: i64 = 10;
 
 pub const CTX_REPLICATED: u32 = raw::REDISMODULE_CTX_FLAGS_REPLICATED;
 /// Contexts in which a command must not block (MULTI/EXEC, scripts, ...).

@@ -32,12 +32,12 @@ pub static LEASE_TYPE: RedisType = RedisType::new(
         aux_save: Some(persist::aux_save),
         aux_save_triggers: raw::REDISMODULE_AUX_BEFORE_RDB as c_int,
         free_effort: None,
-        unlink: Some(unlink),
+        unlink: None,
         copy: None,
         defrag: None,
         mem_usage2: None,
         free_effort2: None,
-        unlink2: None,
+        unlink2: Some(unlink),
         copy2: None,
         aux_save2: None,
     },
@@ -152,12 +152,15 @@ unsafe extern "C" fn free(value: *mut c_void) {
     })
 }
 
-unsafe extern "C" fn unlink(key: *mut raw::RedisModuleString, value: *const c_void) {
+unsafe extern "C" fn unlink(ctx: *mut raw::RedisModuleKeyOptCtx, value: *const c_void) {
     // Called on the main thread when the key leaves the keyspace: DEL,
     // UNLINK, expiry, eviction, overwrite, RENAME/MOVE away — not when a whole
     // database is emptied (FLUSHALL, see `events`). No writes are allowed
-    // here; waiters are served from a timer.
+    // here; waiters are served from a timer. (`unlink2`, which also names
+    // the database, so the lock's queue is found without a scan.)
     ffi::guard("unlink", (), || {
+        let key = api!(RedisModule_GetKeyNameFromOptCtx, ctx);
+        let db = api!(RedisModule_GetDbIdFromOptCtx, ctx);
         // SAFETY: our values are always `Box<Lease>`; the key name lives for
         // the duration of the callback.
         let (lease, name) = unsafe { (&*value.cast::<Lease>(), ffi::bytes(key)) };
@@ -165,10 +168,11 @@ unsafe extern "C" fn unlink(key: *mut raw::RedisModuleString, value: *const c_vo
         stats::lock_unlinked(lease, now);
         sessions::forget(lease);
         events::lock_gone(name, lease, now);
-        if !state::is_own_write() {
-            for lk in waiters::keys_named(name) {
-                waiters::schedule(&lk);
-            }
+        if !state::is_own_write() && waiters::total() > 0 {
+            waiters::schedule(&waiters::LockKey {
+                db,
+                name: name.into(),
+            });
         }
     })
 }

@@ -98,11 +98,25 @@ pub unsafe extern "C" fn aux_load(
 /// A fork happened: if it is an AOF rewrite, put the node-wide state into
 /// the new AOF.
 pub fn fork_started(ctx: *mut ffi::Ctx) {
-    if !aof_rewrite_in_progress(ctx) {
+    if aof_rewrite_in_progress(ctx) {
+        reemit(ctx);
+    }
+}
+
+/// Propagates the node-wide state again; while writes are paused (nothing
+/// may be propagated then) it waits, from a timer. Anything propagated after
+/// the rewrite's fork lands in the new AOF, however late.
+fn reemit(ctx: *mut ffi::Ctx) {
+    if ffi::writes(ctx) == ffi::Writes::Paused {
+        ffi::start_timer(ffi::PAUSED_RETRY_MS, reemit_later, std::ptr::null_mut());
         return;
     }
     replicate::high_water(ctx, state::high_water());
     policies::replicate_all(ctx);
+}
+
+unsafe extern "C" fn reemit_later(ctx: *mut ffi::Ctx, _data: *mut std::ffi::c_void) {
+    ffi::guard("AOF re-emission", (), || reemit(ctx));
 }
 
 fn aof_rewrite_in_progress(ctx: *mut ffi::Ctx) -> bool {

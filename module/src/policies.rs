@@ -277,6 +277,12 @@ unsafe extern "C" fn load_done(ctx: *mut Ctx, _argv: *mut *mut RString, _argc: c
         let taken =
             unsafe { result.as_mut() }.and_then(|r| r.compiled.take().map(|c| (c, r.replace)));
         match taken {
+            // Nothing may be propagated while writes are paused, and a policy
+            // that is not replicated would diverge: refuse, the caller retries.
+            Some(_) if ffi::writes(ctx) == ffi::Writes::Paused => reply::error(
+                ctx,
+                "TRYAGAIN writes are paused (CLIENT PAUSE or a failover); the policy was not loaded",
+            ),
             Some((compiled, replace)) => {
                 if let Err(e) = finish_load(ctx, compiled, replace) {
                     reply::error(ctx, &e.to_string());

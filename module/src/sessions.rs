@@ -43,6 +43,36 @@ pub fn track(lease: &Lease, db: i32, name: &[u8]) {
     }
 }
 
+/// This node became a replica: the primary it follows decides about every
+/// lock, so no disconnect here releases one.
+pub fn clear() {
+    with(|ix| ix.clear());
+}
+
+/// `SWAPDB a b`: the leases moved with their databases.
+pub fn dbs_swapped(a: i32, b: i32) {
+    with(|ix| {
+        for lk in ix.values_mut().flat_map(|held| held.values_mut()) {
+            if lk.db == a {
+                lk.db = b;
+            } else if lk.db == b {
+                lk.db = a;
+            }
+        }
+    });
+}
+
+/// `FLUSHDB` (of `db`) or `FLUSHALL` (`None`) emptied the keyspace without
+/// an unlink callback per key: drop the entries of the emptied databases.
+pub fn flushed(db: Option<i32>) {
+    with(|ix| {
+        ix.retain(|_, held| {
+            held.retain(|_, lk| db.is_some_and(|d| lk.db != d));
+            !held.is_empty()
+        })
+    });
+}
+
 /// Forgets a lease that left the keyspace or changed hands.
 pub fn forget(lease: &Lease) {
     if lease.session && lease.client_id != 0 {
@@ -67,6 +97,22 @@ pub fn client_gone(client_id: u64) {
 
 unsafe extern "C" fn on_timer(ctx: *mut Ctx, data: *mut c_void) {
     ffi::guard("session release", (), || {
+        match ffi::writes(ctx) {
+            ffi::Writes::Allowed => {}
+            ffi::Writes::Paused => {
+                // Still the timer's data, handed on to the next try.
+                ffi::start_timer(ffi::PAUSED_RETRY_MS, on_timer, data);
+                return;
+            }
+            ffi::Writes::Replica => {
+                // A demoted primary must not release locks on its own: the
+                // primary it now follows decides (and its sessions index
+                // was dropped with the role change).
+                // SAFETY: the timer carries a `Box<u64>`, handed over once.
+                drop(unsafe { Box::from_raw(data.cast::<u64>()) });
+                return;
+            }
+        }
         // SAFETY: the timer carries a `Box<u64>`, handed over once.
         let client_id = *unsafe { Box::from_raw(data.cast::<u64>()) };
         let Some(held) = with(|ix| ix.remove(&client_id)) else {

@@ -100,18 +100,6 @@ pub fn len(lk: &LockKey) -> usize {
     with(|r| r.queues.get(lk).map_or(0, |q| q.waiters.len()))
 }
 
-/// The queues for a key name in any database (the unlink callback does not
-/// know the database).
-pub fn keys_named(name: &[u8]) -> Vec<LockKey> {
-    with(|r| {
-        r.queues
-            .keys()
-            .filter(|k| *k.name == *name)
-            .cloned()
-            .collect()
-    })
-}
-
 /// Every key with waiters.
 pub fn all_keys() -> Vec<LockKey> {
     with(|r| r.queues.keys().cloned().collect())
@@ -295,6 +283,8 @@ pub fn serve(ctx: *mut Ctx, lk: &LockKey, name: *mut RString) {
             Slot::Empty => None,
         };
         if len(lk) == 0 {
+            // Every waiter may have failed in an earlier turn of this loop.
+            remove_queue(lk);
             return;
         }
         if !cluster::can_grant_here(ctx, &lk.name) {
@@ -391,9 +381,17 @@ unsafe extern "C" fn on_job(ctx: *mut Ctx, data: *mut c_void) {
                         q.timer = None;
                     }
                 });
-                ffi::select_db(ctx, lk.db);
-                let name = OwnedString::new(&lk.name);
-                serve(ctx, &lk, name.raw());
+                match ffi::writes(ctx) {
+                    ffi::Writes::Allowed => {
+                        ffi::select_db(ctx, lk.db);
+                        let name = OwnedString::new(&lk.name);
+                        serve(ctx, &lk, name.raw());
+                    }
+                    ffi::Writes::Paused => arm(&lk, ffi::PAUSED_RETRY_MS),
+                    // Demoted: Redis unblocks the waiters itself; the new
+                    // primary hands the lock over.
+                    ffi::Writes::Replica => {}
+                }
             }
             Job::TimeOut(bc) => {
                 let bc = bc as *mut Blocked;
@@ -484,6 +482,19 @@ unsafe extern "C" fn free_wake(_ctx: *mut Ctx, data: *mut c_void) {
 
 unsafe extern "C" fn on_revoke(ctx: *mut Ctx, data: *mut c_void) {
     ffi::guard("grant revoke", (), || {
+        match ffi::writes(ctx) {
+            ffi::Writes::Allowed => {}
+            ffi::Writes::Paused => {
+                // Still the revoke timer's data, handed on to the next try.
+                ffi::start_timer(ffi::PAUSED_RETRY_MS, on_revoke, data);
+                return;
+            }
+            ffi::Writes::Replica => {
+                // SAFETY: as below; the new primary decides about the lock.
+                drop(unsafe { Box::from_raw(data.cast::<Grant>()) });
+                return;
+            }
+        }
         // SAFETY: the revoke timer carries a `Box<Grant>`, handed over once.
         let g = unsafe { Box::from_raw(data.cast::<Grant>()) };
         ffi::select_db(ctx, g.lk.db);

@@ -4,6 +4,8 @@
 
 mod core_support;
 
+use std::time::Duration;
+
 use core_support::*;
 use lockwarden_tests::redis::Value;
 use lockwarden_tests::*;
@@ -128,6 +130,8 @@ enum Persist {
     Rdb,
     AofPreamble,
     AofNoPreamble,
+    /// Without preamble, rewritten while writes are paused.
+    AofNoPreamblePaused,
 }
 
 /// A token above this node's wall-clock term (the token a node one day
@@ -140,7 +144,7 @@ fn high_water_scenario(flavor: Flavor, mode: Persist) {
     let builder = Server::builder(flavor);
     let s = match mode {
         Persist::Rdb => builder.start(),
-        Persist::AofPreamble | Persist::AofNoPreamble => builder
+        Persist::AofPreamble | Persist::AofNoPreamble | Persist::AofNoPreamblePaused => builder
             .arg("appendonly", "yes")
             .arg("appendfsync", "always")
             .arg(
@@ -166,6 +170,17 @@ fn high_water_scenario(flavor: Flavor, mode: Persist) {
         Persist::Rdb => s.restart_clean(Shutdown::Save),
         Persist::AofPreamble | Persist::AofNoPreamble => {
             rewrite_aof(&s, TIMEOUT);
+            s.restart_after_kill();
+        }
+        Persist::AofNoPreamblePaused => {
+            // BGREWRITEAOF is not a write: it runs during the pause, when
+            // nothing may be propagated; the node-wide state follows it
+            // into the new AOF when the pause ends.
+            assert_eq!(s.cmd_text(&["CLIENT", "PAUSE", "1000", "WRITE"]), "OK");
+            let paused_at = std::time::Instant::now();
+            rewrite_aof(&s, TIMEOUT);
+            assert_eq!(s.cmd_text(&["PING"]), "PONG");
+            std::thread::sleep(Duration::from_millis(1300).saturating_sub(paused_at.elapsed()));
             s.restart_after_kill();
         }
     }
@@ -250,6 +265,12 @@ for_each_flavor! {
     /// the RDB preamble) + kill -9.
     fn high_water_ahead_of_clock_survives_aof_rewrite_without_preamble(flavor: Flavor) {
         high_water_scenario(flavor, Persist::AofNoPreamble);
+    }
+
+    /// High-water mark ahead of the clock, across BGREWRITEAOF (without
+    /// the RDB preamble) run during `CLIENT PAUSE WRITE` + kill -9.
+    fn high_water_survives_aof_rewrite_during_a_write_pause(flavor: Flavor) {
+        high_water_scenario(flavor, Persist::AofNoPreamblePaused);
     }
 
     /// AOF with the RDB preamble (the default).

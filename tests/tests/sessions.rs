@@ -330,4 +330,63 @@ for_each_flavor! {
             pair.replica.cmd_text(&["DEBUG", "DIGEST"])
         );
     }
+
+    /// A session holder that disconnects while writes are paused (`CLIENT
+    /// PAUSE ... WRITE`, as `FAILOVER` does) is released once the pause
+    /// ends: nothing may be written or propagated during a pause (Redis
+    /// asserts it), and the replica follows.
+    fn session_release_waits_out_a_write_pause(flavor: Flavor) {
+        let pair = ReplicaPair::start(flavor, |b| b.arg("appendonly", "yes"));
+        let (p, r) = (&pair.primary, &pair.replica);
+        let (mut holder, _, _) = held_client(p, "LOCK.ACQUIRE paused me 60000 SESSION");
+        pair.wait_for_offset();
+        assert_eq!(p.cmd_text(&["CLIENT", "PAUSE", "1500", "WRITE"]), "OK");
+        let paused_at = Instant::now();
+        holder.kill();
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(p.cmd_text(&["PING"]), "PONG");
+        assert_eq!(lock_field(p, "paused", "session"), 1, "released during the pause");
+        let took = wait_released(p, "paused", paused_at);
+        assert!(took >= Duration::from_millis(1400), "released {took:?} into a 1.5 s pause");
+        assert!(took < Duration::from_secs(5), "released {took:?} after the pause began");
+        pair.wait_for_offset();
+        assert_eq!(r.cmd_text(&["EXISTS", "paused"]), "0");
+        assert_eq!(p.cmd_text(&["DEBUG", "DIGEST"]), r.cmd_text(&["DEBUG", "DIGEST"]));
+        assert!(p.is_running() && r.is_running());
+    }
+
+    /// `SWAPDB` moves a session lock with its database; its holder's
+    /// disconnect still releases it there. `FLUSHALL` leaves nothing behind.
+    fn session_lock_follows_swapdb(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let (mut holder, _, _) = held_client(&server, "LOCK.ACQUIRE moved me 60000 SESSION");
+        assert_eq!(server.cmd_text(&["SWAPDB", "0", "1"]), "OK");
+        let mut db1 = server.client();
+        assert_eq!(render(&req(&mut db1, &["SELECT", "1"])), "OK");
+        assert!(render(&req(&mut db1, &["LOCK.INFO", "moved"])).contains("me"), "the lock moved to db 1");
+        holder.kill();
+        wait_until("the session lock in db 1 is released", TIMEOUT, || {
+            int(&req(&mut db1, &["EXISTS", "moved"])) == 0
+        });
+        assert_eq!(lw_stat(&server, "session_releases"), 1);
+    }
+
+    /// A primary demoted to a replica never releases a session lock when
+    /// the holder disconnects: the primary it now follows decides, and the
+    /// two stay identical.
+    fn demoted_primary_keeps_session_locks(flavor: Flavor) {
+        let pair = ReplicaPair::start(flavor, |b| b);
+        let (old, new) = (&pair.primary, &pair.replica);
+        let (mut holder, _, (token, _)) = held_client(old, "LOCK.ACQUIRE demoted me 60000 SESSION");
+        pair.wait_for_offset();
+        pair.promote();
+        assert_eq!(old.cmd_text(&["REPLICAOF", "127.0.0.1", &new.port().to_string()]), "OK");
+        wait_for_sync(new, old);
+        holder.kill();
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(lock_field(old, "demoted", "token"), token as i64, "the demoted node released it");
+        assert_eq!(lock_field(new, "demoted", "token"), token as i64);
+        wait_for_offset(new, old);
+        assert_eq!(old.cmd_text(&["DEBUG", "DIGEST"]), new.cmd_text(&["DEBUG", "DIGEST"]));
+    }
 }

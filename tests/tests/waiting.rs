@@ -282,6 +282,54 @@ for_each_flavor! {
         assert_eq!(owner_of(&server, "e").as_deref(), Some("fourth"));
     }
 
+    /// The holder retries with a shorter TTL after a waiter queued: the
+    /// handoff follows the new deadline (active expiry off, nobody touching
+    /// the key), as it does for LOCK.EXTEND.
+    fn handoff_at_retry_shortened_deadline(flavor: Flavor) {
+        let server = Server::start(flavor);
+        assert_eq!(server.cmd_text(&["DEBUG", "SET-ACTIVE-EXPIRE", "0"]), "OK");
+        acquire(&server, "r", "holder", 20000).unwrap();
+        let mut w = Pending::spawn(&server, &["LOCK.ACQUIRE", "r", "next", "10000", "WAIT", "30000"]);
+        wait_until("the waiter is queued", TIMEOUT, || lw_stat(&server, "waiters") == 1);
+        let t0 = Instant::now();
+        assert!(acquire(&server, "r", "holder", 1000).is_some(), "the holder's retry");
+        let t1 = Instant::now();
+        let (reply, at) = w.wait(TIMEOUT);
+        assert!(grant(&reply).is_some(), "granted at the retry's deadline");
+        assert!(at >= t0 + Duration::from_millis(1000 - 20), "granted before the retry's deadline");
+        assert!(
+            at <= t1 + Duration::from_millis(1000 + 500),
+            "granted {:?} after the retry's deadline (the first one was 20 s)",
+            at - (t1 + Duration::from_millis(1000))
+        );
+        assert_eq!(owner_of(&server, "r").as_deref(), Some("next"));
+    }
+
+    /// A holder's deadline passes while writes are paused (`CLIENT PAUSE
+    /// ... WRITE`, as `FAILOVER` does): Redis keeps the expired key and
+    /// allows no propagation, so the handoff waits for the end of the pause
+    /// (the server stays up), then happens once, on the replica too.
+    fn handoff_waits_out_a_write_pause(flavor: Flavor) {
+        let pair = ReplicaPair::start(flavor, |b| b.arg("appendonly", "yes"));
+        let (p, r) = (&pair.primary, &pair.replica);
+        acquire(p, "pz", "holder", 300).unwrap();
+        let mut w = Pending::spawn(p, &["LOCK.ACQUIRE", "pz", "heir", "30000", "WAIT", "20000"]);
+        wait_until("the waiter is queued", TIMEOUT, || lw_stat(p, "waiters") == 1);
+        assert_eq!(p.cmd_text(&["CLIENT", "PAUSE", "1500", "WRITE"]), "OK");
+        let paused_at = Instant::now();
+        std::thread::sleep(Duration::from_millis(700));
+        assert_eq!(p.cmd_text(&["PING"]), "PONG");
+        assert!(w.is_pending(), "granted during the write pause");
+        let (reply, at) = w.wait(TIMEOUT);
+        let (token, _) = grant(&reply).expect("granted after the pause");
+        assert!(at >= paused_at + Duration::from_millis(1400), "granted {:?} into a 1.5 s pause", at - paused_at);
+        assert_eq!(owner_of(p, "pz").as_deref(), Some("heir"));
+        pair.wait_for_offset();
+        assert_eq!(lock_field(r, "pz", "token"), token as i64);
+        assert_same(p, r, "pz");
+        assert_eq!(lw_stat(p, "handoffs"), 1);
+    }
+
     /// The TTL limits apply when the lock is granted: a waiter whose TTL is
     /// above `max-ttl-ms` by then gets `TTLMAX` (or the maximum, with
     /// `clamp-ttl yes`), and the next waiter is served.
