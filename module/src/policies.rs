@@ -140,17 +140,20 @@ pub fn load(call: &Call) -> Result<(), LockError> {
         wasm: req.wasm.to_vec(),
     };
     let replace = req.replace;
+    let flags = call.flags();
     // Re-sent unchanged (replication after an AOF rewrite, a retried call)
     // and working: nothing to do. A broken instance is rebuilt by loading.
-    if replace && with(|r| r.has_working(&spec)) {
+    // The start-up policy is not replaced from the AOF or the replication
+    // stream (see STARTUP_POLICY).
+    let from_dataset = flags & (ffi::CTX_REPLICATED | ffi::CTX_LOADING) != 0;
+    if (replace && with(|r| r.has_working(&spec))) || (from_dataset && is_startup(&spec.name)) {
         api!(RedisModule_ReplicateVerbatim, call.ctx);
         reply::ok(call.ctx);
         return Ok(());
     }
-    let flags = call.flags();
     // The primary already accepted what it replicates: a replica or the AOF
     // loader must not diverge because its own size limit differs.
-    let max = if flags & (ffi::CTX_REPLICATED | ffi::CTX_LOADING) != 0 {
+    let max = if from_dataset {
         usize::MAX
     } else {
         max_module_bytes()
@@ -310,6 +313,12 @@ pub fn unload(call: &Call) -> Result<(), LockError> {
         ));
     };
     let name = String::from_utf8_lossy(name);
+    if call.flags() & (ffi::CTX_REPLICATED | ffi::CTX_LOADING) != 0 && is_startup(&name) {
+        // This node's configuration (see STARTUP_POLICY); passed on as is.
+        api!(RedisModule_ReplicateVerbatim, call.ctx);
+        reply::int(call.ctx, 0);
+        return Ok(());
+    }
     let removed = with(|r| r.unload(&name));
     if removed {
         api!(RedisModule_ReplicateVerbatim, call.ctx);
@@ -435,6 +444,12 @@ pub fn restore(bytes: &[u8]) -> Result<(), String> {
         if with(|r| r.has_working(&spec)) {
             continue;
         }
+        if is_startup(&name) {
+            tracing::info!(
+                "policy {name}: the module arguments' version is kept, not the one in the loaded dataset"
+            );
+            continue;
+        }
         match engine().compile(spec, usize::MAX, limits()) {
             Ok(p) => {
                 with(|r| r.install(p, true)).map_err(|e| e.to_string())?;
@@ -449,8 +464,16 @@ pub fn restore(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// The name of the policy the module arguments loaded, if any.
+/// The name of the policy the module arguments loaded, if any. It is this
+/// node's configuration: a copy of the same name from the dataset (RDB, AOF,
+/// a full sync or the replication stream) never replaces or removes it; an
+/// operator's own `LOCK.POLICY LOAD`/`UNLOAD` on this node still can, until
+/// the next start.
 static STARTUP_POLICY: MainThread<RefCell<Option<String>>> = MainThread::new(RefCell::new(None));
+
+fn is_startup(name: &str) -> bool {
+    STARTUP_POLICY.get().borrow().as_deref() == Some(name)
+}
 
 /// Loads the policy named by module arguments at start-up.
 pub fn load_at_startup(spec: PolicySpec) -> Result<(), String> {

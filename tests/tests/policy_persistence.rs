@@ -508,6 +508,50 @@ for_each_flavor! {
         assert_error(&acquire(&heir, "k2", "me", 1000), "DENIED policy nothing: ");
         assert_eq!(server_release(&heir, "k"), "1");
     }
+
+    /// The policy named in the module arguments is configuration: restarted
+    /// with another `policy-config`, the node runs that version, not the copy
+    /// of the same name its RDB or AOF (without preamble) carries.
+    fn startup_policy_wins_over_its_persisted_copy(flavor: Flavor) {
+        let path = policy_path("max-ttl");
+        let limited = |b: ServerBuilder, ms: u64, aof: bool| {
+            let b = b
+                .module_arg("policy-name", "limit")
+                .module_arg("policy-file", &path)
+                .module_arg(
+                    "policy-config",
+                    format!(r#"{{"default_ms":{ms},"prefixes":[],"action":"clamp"}}"#),
+                );
+            if aof {
+                b.arg("--appendonly", "yes")
+                    .arg("--appendfsync", "always")
+                    .arg("--aof-use-rdb-preamble", "no")
+            } else {
+                b
+            }
+        };
+        for aof in [false, true] {
+            let first = limited(Server::builder(flavor), 30_000, aof).start();
+            assert_eq!(acquire_ok(&first, "k", "me", 45_000).1, 30_000);
+            if aof {
+                rewrite_aof(&first, TIMEOUT);
+            } else {
+                assert_eq!(first.cmd_text(&["SAVE"]), "OK");
+            }
+            first.kill9();
+            let second = limited(Server::builder(flavor), 5_000, aof)
+                .dir(first.dir())
+                .start();
+            assert_eq!(names(&second), ["limit"], "aof {aof}");
+            assert_eq!(
+                acquire_ok(&second, "k2", "me", 45_000).1,
+                5_000,
+                "aof {aof}: the persisted copy replaced the start-up policy"
+            );
+            // The lock itself came back from the dataset.
+            assert_eq!(lock_state(&second, "k").map(|s| s.0), Some("me".to_string()));
+        }
+    }
 }
 
 /// `LOCK.RELEASE key me`, rendered.
