@@ -11,7 +11,7 @@ use core_support::*;
 use lockwarden_tests::redis::{self, Value};
 use lockwarden_tests::*;
 
-/// The largest token accepted from outside (RESTORE, replication): 2^62.
+/// The largest token, issued or accepted (RESTORE, replication).
 const MAX_TOKEN: i64 = i64::MAX;
 
 /// Polls until `PTTL key` is at most `ms` (time passes; no fixed sleep).
