@@ -18,18 +18,25 @@ use lockwarden_core::Lease;
 use redis_module::raw;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void};
+use std::time::{Duration, Instant};
 
-/// The lock key the unlink callback just saw expire; the `expired` keyspace
-/// event that Redis fires right after the deletion picks it up.
-static EXPIRED: MainThread<RefCell<Option<Box<[u8]>>>> = MainThread::new(RefCell::new(None));
+/// The lock key whose lease the unlink callback just saw leave past its
+/// deadline, and when; the `expired` keyspace event that Redis fires right
+/// after deleting an expiring key picks it up.
+static EXPIRED: MainThread<RefCell<Option<(Box<[u8]>, Instant)>>> =
+    MainThread::new(RefCell::new(None));
+
+/// How soon after the unlink the `expired` event must come. Redis fires it
+/// microseconds after the deletion, in the same call; any key created after
+/// the unlink lives at least a millisecond (`PX 1`) before it can expire, so
+/// a lease deleted some other way (`DEL` after `PERSIST`) is never reported
+/// for the expiry of a later key of the same name.
+const EXPIRED_EVENT_WINDOW: Duration = Duration::from_millis(1);
 
 /// Called from the unlink callback for every lease that leaves the keyspace.
-/// Redis fires the `expired` event right after the unlink of an expiring key;
-/// any other unlink replaces the stash, and every `expired` event consumes
-/// it, so a lease deleted some other way is not published as expired later.
 pub fn lock_gone(name: &[u8], lease: &Lease, now_ms: i64) {
     *EXPIRED.get().borrow_mut() =
-        (state::is_primary() && !lease.is_live(now_ms)).then(|| name.into());
+        (state::is_primary() && !lease.is_live(now_ms)).then(|| (name.into(), Instant::now()));
 }
 
 unsafe extern "C" fn on_expired(
@@ -41,7 +48,9 @@ unsafe extern "C" fn on_expired(
     ffi::guard("expired event", (), || {
         let stash = EXPIRED.get().borrow_mut().take();
         // SAFETY: the key string lives for the duration of the callback.
-        let was_lock = stash.as_deref() == Some(unsafe { ffi::bytes(key) });
+        let was_lock = stash.is_some_and(|(name, at)| {
+            *name == *unsafe { ffi::bytes(key) } && at.elapsed() < EXPIRED_EVENT_WINDOW
+        });
         if was_lock {
             ffi::notify(ctx, c"lock.expired", key);
         }

@@ -212,6 +212,22 @@ for_each_flavor! {
         assert_eq!(server.cmd_text(&["EXISTS", "short"]), "0");
     }
 
+    /// A lease past its deadline that leaves the keyspace some other way
+    /// (`PERSIST` kept the key, then `DEL`) is not published as
+    /// `lock.expired` when a plain key of the same name expires later.
+    fn deleted_lease_is_not_reported_expired_later(flavor: Flavor) {
+        let server = Server::start(flavor);
+        assert_eq!(server.cmd_text(&["CONFIG", "SET", "notify-keyspace-events", "KEd"]), "OK");
+        let mut ev = Events::subscribe(&server, &["__keyspace@0__:*", "__keyevent@0__:*"]);
+        acquire(&server, "p", "me", 200).unwrap();
+        assert_eq!(server.cmd_text(&["PERSIST", "p"]), "1");
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(server.cmd_text(&["DEL", "p"]), "1");
+        assert_eq!(server.cmd_text(&["SET", "p", "plain", "PX", "100"]), "OK");
+        wait_until("the plain key expires", TIMEOUT, || server.cmd_text(&["EXISTS", "p"]) == "0");
+        assert_eq!(ev.drain(&server), both("p", "lock.acquired"));
+    }
+
     /// Events of the server-side paths: a handoff on release publishes the
     /// release then the grant; a handoff at expiry the expiry then the grant;
     /// a closing session a release.
