@@ -702,7 +702,7 @@ for_each_flavor! {
         assert!(render(&reply).contains("admin"), "{}", render(&reply));
     }
 
-        /// The usual "application user" ACL, everything but @admin and
+    /// The usual "application user" ACL, everything but @admin and
     /// @dangerous, must not reach LOCK.POLICY either: its subcommands are in
     /// those categories like every built-in admin command. Redis 7.0 has no
     /// API for a module command's categories, so there the documented rule
@@ -716,7 +716,7 @@ for_each_flavor! {
         } else {
             [("ops", "-@admin -lock.policy"), ("app", "-@dangerous -lock.policy")]
         };
-                for (user, rule) in rules {
+        for (user, rule) in rules {
             let mut args = vec!["ACL", "SETUSER", user, "on", ">pw", "~*", "+@all"];
             args.extend(rule.split(' '));
             assert_eq!(server.cmd_text(&args), "OK");
@@ -724,6 +724,36 @@ for_each_flavor! {
         for (user, _) in rules {
             assert_nopermission(&server, user);
         }
+    }
+
+    /// A load whose background compile finishes while writes are paused
+    /// (`CLIENT PAUSE WRITE`, `FAILOVER`) is refused with TRYAGAIN: nothing
+    /// may be propagated then, and a policy missing from the AOF would
+    /// diverge. The server stays up; loading again after the pause works.
+    fn load_finishing_in_a_write_pause_is_refused(flavor: Flavor) {
+        let server = Server::builder(flavor).arg("--appendonly", "yes").start();
+        // A long function body keeps the compiler busy well past the pause.
+        let wasm = Guest::allow()
+            .before_configure(&"(drop (i32.const 1))\n".repeat(150_000))
+            .wasm();
+        let mut conn = server.client();
+        let loading = {
+            let wasm = wasm.clone();
+            std::thread::spawn(move || {
+                render(&req_bytes(&mut conn, &[b"LOCK.POLICY", b"LOAD", b"slow", b"WASM", &wasm]))
+            })
+        };
+        wait_until("the load is compiling", TIMEOUT, || {
+            server.info_field("clients", "blocked_clients").as_deref() == Some("1")
+        });
+        assert_eq!(server.cmd_text(&["CLIENT", "PAUSE", "20000", "WRITE"]), "OK");
+        let reply = loading.join().expect("load thread");
+        assert!(reply.starts_with("(error) TRYAGAIN "), "{reply}");
+        assert_eq!(server.cmd_text(&["PING"]), "PONG");
+        assert!(names(&server).is_empty());
+        assert_eq!(server.cmd_text(&["CLIENT", "UNPAUSE"]), "OK");
+        load_ok(&server, "slow", &[], &wasm);
+        assert_eq!(names(&server), ["slow"]);
     }
 
     /// Policies decide lock commands inside MULTI/EXEC; LOAD works inside
