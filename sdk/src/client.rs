@@ -24,7 +24,16 @@
 //! `DENIED`, or no successful extension before the lease ran out) through
 //! [`Loss`], which can be polled, waited on, or selected on as a channel.
 //! [`Guard::release`] stops the watchdog and waits for it before sending
-//! `LOCK.RELEASE`, so a renewal can never race an unlock.
+//! `LOCK.RELEASE`, so a renewal can never race an unlock (a renewal in
+//! flight against an unresponsive server can delay the release by up to the
+//! rest of the lease: the watchdog never waits longer than that).
+//!
+//! The lease is timed from just before `LOCK.ACQUIRE` was sent (for `WAIT`,
+//! from the grant's reply); each renewal asks for the first grant's TTL and
+//! renews at a fraction of the TTL the server granted, so a clamp (a policy,
+//! a lowered `max-ttl-ms`) shortens the renewal period too. With
+//! [`Options::session`], the lock also ends when the acquiring connection
+//! closes, which the watchdog notices at its next renewal.
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use redis::{Client, Connection, RedisError, Value};
@@ -118,9 +127,12 @@ impl Options {
         self
     }
 
-    /// Renew after this fraction of the TTL (default 1/3, clamped to 0.05..=0.9).
+    /// Renew after this fraction of the granted TTL (default 1/3, clamped
+    /// to 0.05..=0.9; NaN keeps the default).
     pub fn renew_every(mut self, fraction: f64) -> Self {
-        self.renew_every = fraction.clamp(0.05, 0.9);
+        if !fraction.is_nan() {
+            self.renew_every = fraction.clamp(0.05, 0.9);
+        }
         self
     }
 }
@@ -166,50 +178,70 @@ impl LockClient {
     }
 
     /// Acquires `key` for `owner`. `Ok(None)` when it is held by someone else
-    /// (after waiting, if asked to).
+    /// (after waiting, if asked to). An error after the server granted the
+    /// lock releases it again (best effort) before it is returned.
     pub fn acquire(&self, key: &str, owner: &str, opts: &Options) -> Result<Option<Guard>, Error> {
         let mut conn = self.client.get_connection()?;
+        // The watchdog's connection is opened before the lock is taken: its
+        // set-up must not eat into the lease.
+        let renew_conn = opts
+            .watchdog
+            .then(|| self.client.get_connection())
+            .transpose()?;
         let mut cmd = redis::cmd("LOCK.ACQUIRE");
         cmd.arg(key).arg(owner).arg(ms(opts.ttl));
         if let Some(wait) = opts.wait {
             cmd.arg("WAIT")
                 .arg(if wait.is_zero() { 0 } else { ms(wait) });
             // The server answers at the latest when the wait ends.
-            conn.set_read_timeout((!wait.is_zero()).then(|| wait + Duration::from_secs(5)))?;
+            conn.set_read_timeout(
+                (!wait.is_zero()).then(|| wait.saturating_add(Duration::from_secs(5))),
+            )?;
         }
         if opts.session {
             cmd.arg("SESSION");
         }
+        let sent = Instant::now();
         let granted: Option<(u64, u64)> = cmd.query(&mut conn)?;
-        conn.set_read_timeout(None)?;
         let Some((token, ttl_ms)) = granted else {
             return Ok(None);
         };
-        let loss = Loss::new();
-        let granted_ttl = Duration::from_millis(ttl_ms);
-        let watchdog = if opts.watchdog {
-            Some(Watchdog::start(
-                self.client.clone(),
-                key.to_string(),
-                owner.to_string(),
-                token,
-                granted_ttl,
-                opts.renew_every,
-                loss.clone(),
-            )?)
+        // The lease runs from the grant: no earlier than the request was sent
+        // (a waiting request is granted just before its reply arrives).
+        let lease_start = if opts.wait.is_some() {
+            Instant::now()
         } else {
-            None
+            sent
         };
-        Ok(Some(Guard {
+        let granted_ttl = Duration::from_millis(ttl_ms);
+        let mut guard = Guard {
             conn,
             key: key.to_string(),
             owner: owner.to_string(),
             token,
             ttl: granted_ttl,
-            watchdog,
-            loss,
+            watchdog: None,
+            loss: Loss::new(),
             released: false,
-        }))
+        };
+        // From here on, an error drops the guard, which releases the lock.
+        guard.conn.set_read_timeout(None)?;
+        if let Some(renew_conn) = renew_conn {
+            guard.watchdog = Some(Watchdog::start(
+                Renewal {
+                    client: self.client.clone(),
+                    conn: renew_conn,
+                    key: key.to_string(),
+                    owner: owner.to_string(),
+                    token,
+                    ttl: granted_ttl,
+                    lease_end: lease_start + granted_ttl,
+                    fraction: opts.renew_every,
+                },
+                guard.loss.clone(),
+            )?);
+        }
+        Ok(Some(guard))
     }
 }
 
@@ -229,8 +261,8 @@ pub enum LossReason {
 struct LossState {
     reason: Mutex<Option<LossReason>>,
     changed: Condvar,
-    tx: Sender<LossReason>,
-    rx: Receiver<LossReason>,
+    /// One sender per [`Loss::channel`] receiver, each told once.
+    subscribers: Mutex<Vec<Sender<LossReason>>>,
 }
 
 /// Signals that a held lock was lost. Cheap to clone.
@@ -239,12 +271,10 @@ pub struct Loss(Arc<LossState>);
 
 impl Loss {
     fn new() -> Self {
-        let (tx, rx) = bounded(1);
         Loss(Arc::new(LossState {
             reason: Mutex::new(None),
             changed: Condvar::new(),
-            tx,
-            rx,
+            subscribers: Mutex::new(Vec::new()),
         }))
     }
 
@@ -252,7 +282,11 @@ impl Loss {
         let mut r = self.0.reason.lock().unwrap_or_else(|p| p.into_inner());
         if r.is_none() {
             *r = Some(reason.clone());
-            let _ = self.0.tx.try_send(reason);
+            let subscribers =
+                std::mem::take(&mut *self.0.subscribers.lock().unwrap_or_else(|p| p.into_inner()));
+            for tx in subscribers {
+                let _ = tx.try_send(reason.clone());
+            }
             self.0.changed.notify_all();
         }
     }
@@ -283,9 +317,24 @@ impl Loss {
     }
 
     /// A channel that yields the reason once, when the lock is lost, for use
-    /// with `crossbeam_channel::select!` next to the holder's own work.
+    /// with `crossbeam_channel::select!` next to the holder's own work. Every
+    /// call returns a new receiver, and each of them is told.
     pub fn channel(&self) -> Receiver<LossReason> {
-        self.0.rx.clone()
+        let (tx, rx) = bounded(1);
+        // Under the reason's lock, so a loss is either seen here or sent.
+        let reason = self.0.reason.lock().unwrap_or_else(|p| p.into_inner());
+        match &*reason {
+            Some(lost) => {
+                let _ = tx.try_send(lost.clone());
+            }
+            None => self
+                .0
+                .subscribers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(tx),
+        }
+        rx
     }
 }
 
@@ -294,73 +343,28 @@ struct Watchdog {
     thread: JoinHandle<()>,
 }
 
+/// What the watchdog renews, and how.
+struct Renewal {
+    client: Client,
+    /// Opened before the lock was taken.
+    conn: Connection,
+    key: String,
+    owner: String,
+    token: u64,
+    /// The TTL asked for at every renewal (the first grant's).
+    ttl: Duration,
+    /// When the current lease ends, by this process's clock.
+    lease_end: Instant,
+    /// Renew after this fraction of the last granted TTL.
+    fraction: f64,
+}
+
 impl Watchdog {
-    fn start(
-        client: Client,
-        key: String,
-        owner: String,
-        token: u64,
-        ttl: Duration,
-        fraction: f64,
-        loss: Loss,
-    ) -> Result<Self, Error> {
-        let conn = client.get_connection()?;
+    fn start(r: Renewal, loss: Loss) -> Result<Self, Error> {
         let (stop, stopped) = bounded::<()>(1);
         let thread = std::thread::Builder::new()
-            .name(format!("lockwarden-watchdog-{key}"))
-            .spawn(move || {
-                let period = ttl.mul_f64(fraction);
-                let mut lease_end = Instant::now() + ttl;
-                let mut conn = Some(conn);
-                loop {
-                    // Renew early; after a failure, retry sooner. Never wait
-                    // past the end of the lease: that is when it is lost.
-                    let left = lease_end.saturating_duration_since(Instant::now());
-                    let pause = if conn.is_some() { period } else { period / 4 };
-                    match stopped.recv_timeout(pause.min(left)) {
-                        Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                    }
-                    let left = lease_end.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        loss.signal(LossReason::Expired);
-                        return;
-                    }
-                    // Neither connecting nor waiting for the reply may outlast
-                    // the lease.
-                    let c = match conn
-                        .take()
-                        .map(Ok)
-                        .unwrap_or_else(|| client.get_connection_with_timeout(left))
-                    {
-                        Ok(c) => conn.insert(c),
-                        Err(_) => continue,
-                    };
-                    if c.set_read_timeout(Some(left)).is_err() {
-                        conn = None;
-                        continue;
-                    }
-                    let sent = Instant::now();
-                    let reply: Result<u64, RedisError> = redis::cmd("LOCK.EXTEND")
-                        .arg(&key)
-                        .arg(&owner)
-                        .arg(ms(ttl))
-                        .arg("FENCE")
-                        .arg(token)
-                        .query(c);
-                    match reply {
-                        Ok(granted) => lease_end = sent + Duration::from_millis(granted),
-                        Err(e) => match Error::from(e) {
-                            Error::NotHeld(m) => return loss.signal(LossReason::NotHeld(m)),
-                            Error::NotOwner(m) => return loss.signal(LossReason::NotOwner(m)),
-                            Error::Denied(m) | Error::Ttl(m) | Error::Policy(m) => {
-                                return loss.signal(LossReason::Refused(m));
-                            }
-                            Error::Redis(_) => conn = None,
-                        },
-                    }
-                }
-            })
+            .name("lockwarden-watchdog".into())
+            .spawn(move || r.run(&stopped, &loss))
             .map_err(|e| Error::Redis(RedisError::from(e)))?;
         Ok(Watchdog { stop, thread })
     }
@@ -369,6 +373,92 @@ impl Watchdog {
     fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.thread.join();
+    }
+}
+
+impl Renewal {
+    /// Extends the lease until stopped, or until the lock is lost.
+    fn run(self, stopped: &Receiver<()>, loss: &Loss) {
+        let Renewal {
+            client,
+            conn,
+            key,
+            owner,
+            token,
+            ttl,
+            mut lease_end,
+            fraction,
+        } = self;
+        let mut period = ttl.mul_f64(fraction);
+        let mut conn = Some(conn);
+        loop {
+            // Renew early; after a failure, retry sooner. Never wait past the
+            // end of the lease: that is when it is lost.
+            let left = lease_end.saturating_duration_since(Instant::now());
+            let pause = if conn.is_some() { period } else { period / 4 };
+            match stopped.recv_timeout(pause.min(left)) {
+                Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            }
+            // Neither connecting nor waiting for the reply may outlast the
+            // lease.
+            let c = match conn.take() {
+                Some(c) => conn.insert(c),
+                None => {
+                    let left = lease_end.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return loss.signal(LossReason::Expired);
+                    }
+                    match client.get_connection_with_timeout(left) {
+                        Ok(c) => conn.insert(c),
+                        Err(_) => continue,
+                    }
+                }
+            };
+            let left = lease_end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return loss.signal(LossReason::Expired);
+            }
+            if c.set_read_timeout(Some(left)).is_err() {
+                conn = None;
+                continue;
+            }
+            let sent = Instant::now();
+            let reply: Result<u64, RedisError> = redis::cmd("LOCK.EXTEND")
+                .arg(&key)
+                .arg(&owner)
+                .arg(ms(ttl))
+                .arg("FENCE")
+                .arg(token)
+                .query(c);
+            match reply {
+                Ok(granted) => {
+                    let granted = Duration::from_millis(granted);
+                    lease_end = sent + granted;
+                    // A clamp (a policy, a lowered max-ttl-ms) can shorten the
+                    // lease: renew within the lease actually granted.
+                    period = granted.mul_f64(fraction);
+                }
+                Err(e) => match Error::from(e) {
+                    Error::NotHeld(m) => return loss.signal(LossReason::NotHeld(m)),
+                    Error::NotOwner(m) => return loss.signal(LossReason::NotOwner(m)),
+                    Error::Denied(m) | Error::Ttl(m) | Error::Policy(m) => {
+                        return loss.signal(LossReason::Refused(m));
+                    }
+                    // The key was overwritten with another type: the lock is gone.
+                    Error::Redis(e) if e.code() == Some("WRONGTYPE") => {
+                        return loss.signal(LossReason::NotHeld(format!(
+                            "WRONGTYPE {}",
+                            e.detail().unwrap_or_default()
+                        )));
+                    }
+                    // The connection, or a passing server state (LOADING,
+                    // READONLY during a failover, BUSY): retry until the
+                    // lease ends.
+                    Error::Redis(_) => conn = None,
+                },
+            }
+        }
     }
 }
 

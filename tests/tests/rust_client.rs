@@ -232,6 +232,50 @@ for_each_flavor! {
         }
     }
 
+    /// Renewals clamped below the renewal period (here `max-ttl-ms` lowered
+    /// with `clamp-ttl yes`; a policy clamp is the same) shorten the period
+    /// with them: the lock stays held, nothing is reported lost.
+    fn watchdog_follows_a_clamped_renewal(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let locks = client(&server);
+        // First period: 1 s.
+        let opts = Options::new(Duration::from_millis(3000)).watchdog();
+        let guard = locks.acquire("cl", "me", &opts).unwrap().unwrap();
+        assert_eq!(server.cmd_text(&["CONFIG", "SET", "lockwarden.clamp-ttl", "yes"]), "OK");
+        assert_eq!(server.cmd_text(&["CONFIG", "SET", "lockwarden.max-ttl-ms", "600"]), "OK");
+        wait_until("a clamped renewal", TIMEOUT, || {
+            lock_fields(&server, "cl").is_some_and(|i| i["ttl"].parse::<i64>().unwrap() <= 600)
+        });
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(lock_fields(&server, "cl").is_some(), "the lock expired under the watchdog");
+            assert!(!guard.loss().is_lost(), "loss: {:?}", guard.loss().reason());
+        }
+        guard.release().unwrap();
+    }
+
+    /// The key overwritten with another type: reported lost at the next
+    /// renewal (not retried until the lease runs out), to every loss
+    /// channel.
+    fn watchdog_reports_overwrite_to_every_channel(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let locks = client(&server);
+        // Renewal every 1 s, lease 3 s.
+        let opts = Options::new(Duration::from_millis(3000)).watchdog();
+        let guard = locks.acquire("ow", "me", &opts).unwrap().unwrap();
+        let (first, second) = (guard.loss().channel(), guard.loss().channel());
+        assert_eq!(server.cmd_text(&["SET", "ow", "not a lock"]), "OK");
+        let overwritten = Instant::now();
+        let reason = first.recv_timeout(TIMEOUT).expect("loss on the first channel");
+        assert!(matches!(&reason, LossReason::NotHeld(m) if m.starts_with("WRONGTYPE")), "{reason:?}");
+        assert!(overwritten.elapsed() < Duration::from_millis(1000 + 600), "reported {:?} later", overwritten.elapsed());
+        assert_eq!(second.recv_timeout(TIMEOUT).expect("loss on the second channel"), reason);
+        assert_eq!(guard.loss().channel().recv_timeout(TIMEOUT).expect("a channel made after the loss"), reason);
+        drop(guard);
+        assert_eq!(server.cmd_text(&["GET", "ow"]), "not a lock");
+    }
+
     /// A lock deleted and taken by another owner is reported lost (NotOwner);
     /// the watchdog does not touch the new holder's lease.
     fn watchdog_reports_takeover(flavor: Flavor) {
