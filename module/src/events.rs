@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 /// The lock key whose lease the unlink callback just saw leave past its
 /// deadline, and when; the `expired` keyspace event that Redis fires right
 /// after deleting an expiring key picks it up.
-static EXPIRED: MainThread<RefCell<Option<(Box<[u8]>, Instant)>>> =
-    MainThread::new(RefCell::new(None));
+static EXPIRED: MainThread<RefCell<Option<Unlinked>>> = MainThread::new(RefCell::new(None));
+
+/// A lock key name and when its lease left the keyspace.
+type Unlinked = (Box<[u8]>, Instant);
 
 /// How soon after the unlink the `expired` event must come. Redis fires it
 /// microseconds after the deletion, in the same call; any key created after
