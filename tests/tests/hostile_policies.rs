@@ -308,19 +308,27 @@ for_each_flavor! {
         assert_alive(&server);
         // Configuring owner-format (compiling its regex) also costs more than
         // 20000 fuel, so the rebuild after the failure failed: the policy is
-        // reported broken and fails every command until it is replaced, even
-        // once the fuel is raised again.
+        // reported broken and fails every command (fail closed) while the
+        // fuel stays too low for a rebuild.
         let broken = listed(&server, "owners").text("broken");
         assert!(broken.starts_with("rebuild failed: "), "{broken}");
-        config_set(&server, "lockwarden.policy-fuel", "1000000");
         let reply = render(&acquire(&server, "k2", owner, 10_000));
         assert!(
             reply.starts_with(
-                "(error) POLICY policy owners failed: instance unavailable until the policy is replaced: rebuild failed: "
+                "(error) POLICY policy owners failed: instance unavailable (its rebuild is retried every second): rebuild failed: "
             ),
             "{reply}"
         );
         assert!(server.cmd_text(&["LOCK.RELEASE", "k", owner]).starts_with("(error) POLICY"));
+        // Once the fuel is raised, the next retry of the rebuild repairs it.
+        config_set(&server, "lockwarden.policy-fuel", "1000000");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        acquire_ok(&server, "k2", owner, 10_000);
+        assert_eq!(listed(&server, "owners").text("broken"), "(nil)");
+        assert_eq!(server.cmd_text(&["LOCK.RELEASE", "k2", owner]), "1");
+        config_set(&server, "lockwarden.policy-fuel", "20000");
+        assert_eq!(render(&acquire(&server, "k2", owner, 10_000)), "(error) POLICY policy owners failed: fuel exhausted (limit 20000)");
+        config_set(&server, "lockwarden.policy-fuel", "1000000");
         // Unloading and loading it again repairs it (REPLACE is checked by
         // `replacing_a_broken_policy_repairs_it`).
         assert_eq!(server.cmd_text(&["LOCK.POLICY", "UNLOAD", "owners"]), "1");
@@ -345,11 +353,11 @@ for_each_flavor! {
         assert_error(&acquire(&server, "t:1", "me", 10_000), "POLICY policy fragile failed: trap: ");
         let broken = listed(&server, "fragile").text("broken");
         assert_eq!(broken, "rebuild failed: lockwarden_configure failed: fuel exhausted (limit 10000)");
-        config_set(&server, "lockwarden.policy-fuel", "1000000");
         assert_eq!(
             render(&acquire(&server, "a:2", "me", 10_000)),
-            format!("(error) POLICY policy fragile failed: instance unavailable until the policy is replaced: {broken}")
+            format!("(error) POLICY policy fragile failed: instance unavailable (its rebuild is retried every second): {broken}")
         );
+        config_set(&server, "lockwarden.policy-fuel", "1000000");
         assert_alive(&server);
 
         // The same LOAD again, with REPLACE.

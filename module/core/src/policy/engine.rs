@@ -5,6 +5,7 @@ use super::{EvalLimits, LoadError, PolicySpec};
 use lockwarden_sdk::abi::{self, Configured, Decision, Output, exports};
 use sha2::{Digest, Sha256};
 use std::fmt;
+use std::time::{Duration, Instant};
 use wasmtime::{
     Config, Engine, ExternType, FuncType, Instance, Memory, Module, ResourceLimiter, Store, Trap,
     TypedFunc, ValType, WasmFeatures,
@@ -320,9 +321,14 @@ pub struct CompiledPolicy {
 /// The instance of a policy: live, or broken by a failed rebuild.
 enum State {
     Live(Guest),
-    /// Why the rebuild after a failure failed.
-    Broken(String),
+    /// Why the rebuild after a failure failed, and when it was last tried.
+    Broken(String, Instant),
 }
+
+/// How often a broken policy's rebuild is tried again (the cause may have
+/// passed: a configuration that was since raised, a transient allocation
+/// failure). Between tries every evaluation fails at once.
+const REBUILD_RETRY: Duration = Duration::from_secs(1);
 
 impl CompiledPolicy {
     /// What the policy was loaded from.
@@ -344,33 +350,47 @@ impl CompiledPolicy {
     pub fn broken(&self) -> Option<&str> {
         match &self.instance {
             State::Live(_) => None,
-            State::Broken(why) => Some(why),
+            State::Broken(why, _) => Some(why),
         }
     }
 
     /// Evaluates one encoded [`abi::Request`]. After any failure the instance
     /// is rebuilt (fresh store, instantiation and configuration under
-    /// `limits`); if that fails too, the policy is broken and every later
-    /// evaluation fails with [`EvalFailure::Unavailable`].
+    /// `limits`), and so is an instance whose memory is above a memory cap
+    /// lowered since it grew. If the rebuild fails, the policy is broken:
+    /// evaluations fail with [`EvalFailure::Unavailable`], and the rebuild is
+    /// tried again at most every [`REBUILD_RETRY`].
     pub(crate) fn evaluate(
         &mut self,
         request: &[u8],
         limits: EvalLimits,
     ) -> Result<Decision, EvalFailure> {
+        let stale = match &self.instance {
+            State::Live(guest) => guest.memory_bytes() as u64 > limits.memory_bytes,
+            State::Broken(_, tried) => tried.elapsed() >= REBUILD_RETRY,
+        };
+        if stale {
+            self.rebuild(limits);
+        }
         let guest = match &mut self.instance {
             State::Live(guest) => guest,
-            State::Broken(why) => return Err(EvalFailure::Unavailable(why.clone())),
+            State::Broken(why, _) => return Err(EvalFailure::Unavailable(why.clone())),
         };
         let decision = guest.evaluate(request, limits);
         if decision.is_err() {
-            // Free the failed instance before building its successor.
-            self.instance = State::Broken(String::new());
-            self.instance = match Guest::start(&self.module, &self.spec.settings, limits) {
-                Ok(guest) => State::Live(guest),
-                Err(e) => State::Broken(format!("rebuild failed: {}", e.message())),
-            };
+            self.rebuild(limits);
         }
         decision
+    }
+
+    /// Replaces the instance with a fresh one (or records why that failed).
+    fn rebuild(&mut self, limits: EvalLimits) {
+        // Free the old instance before building its successor.
+        self.instance = State::Broken(String::new(), Instant::now());
+        self.instance = match Guest::start(&self.module, &self.spec.settings, limits) {
+            Ok(guest) => State::Live(guest),
+            Err(e) => State::Broken(format!("rebuild failed: {}", e.message()), Instant::now()),
+        };
     }
 }
 
@@ -462,6 +482,9 @@ fn arm(store: &mut Store<Host>, limits: EvalLimits) -> Result<(), EvalFailure> {
 
 /// Classifies the error of a failed call.
 fn failure(store: &Store<Host>, error: wasmtime::Error, limits: EvalLimits) -> EvalFailure {
+    // A refused growth is the cause of what follows: the guest's own abort
+    // on the failed allocation, or a loop that keeps asking until the fuel
+    // runs out.
     if store.data().memory_refused {
         return EvalFailure::MemoryLimit {
             limit_bytes: limits.memory_bytes,
@@ -560,6 +583,11 @@ struct Guest {
 }
 
 impl Guest {
+    /// The current size of the instance's linear memory, bytes.
+    fn memory_bytes(&self) -> usize {
+        self.channel.memory.data_size(&self.channel.store)
+    }
+
     /// Instantiates `module`, checks its ABI version and configures it with
     /// `settings`, each step under `limits`.
     fn start(module: &Module, settings: &[u8], limits: EvalLimits) -> Result<Guest, LoadError> {

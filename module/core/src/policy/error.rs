@@ -89,7 +89,7 @@ impl fmt::Display for EvalFailure {
             EvalFailure::Unavailable(why) => {
                 write!(
                     f,
-                    "instance unavailable until the policy is replaced: {why}"
+                    "instance unavailable (its rebuild is retried every second): {why}"
                 )
             }
         }

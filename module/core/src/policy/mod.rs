@@ -104,8 +104,10 @@ impl fmt::Display for FailureMode {
 /// instantiation, configuration and each evaluation.
 ///
 /// Instantiation copies the module's data segments into its memory, which
-/// costs about one unit of fuel per byte; a start function runs under the
-/// same budget.
+/// costs no fuel (the module-size cap bounds it); a start function runs
+/// under the fuel budget. A failing policy is rebuilt (instantiated and
+/// configured again) within the same command, each step with a fresh
+/// budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EvalLimits {
     /// Wasm fuel for one call (roughly one unit per executed instruction).

@@ -4,7 +4,7 @@
 use crate::guest::*;
 use lockwarden_core::LockError;
 use lockwarden_core::policy::{
-    EvalFailure, FailureMode, MAX_INPUT_BYTES, PolicyRunner, PolicySpec, Registry,
+    EvalFailure, EvalLimits, FailureMode, MAX_INPUT_BYTES, PolicyRunner, PolicySpec, Registry,
 };
 use lockwarden_sdk::abi::{self, Configured, Decision};
 
@@ -515,7 +515,7 @@ fn a_failed_instance_is_rebuilt_fresh() {
 }
 
 #[test]
-fn a_failed_rebuild_breaks_the_policy_until_it_is_replaced() {
+fn a_failed_rebuild_breaks_the_policy_until_a_rebuild_succeeds() {
     // Configuring costs some 5000 fuel; evaluating traps on keys `t...`.
     let guest = Guest::counter().before_configure(&spin(1000));
     let mut registry = Registry::new();
@@ -533,7 +533,7 @@ fn a_failed_rebuild_breaks_the_policy_until_it_is_replaced() {
     let broken = "rebuild failed: lockwarden_configure failed: fuel exhausted (limit 1000)";
     assert_eq!(registry.list()[0].broken.as_deref(), Some(broken));
 
-    // Now every evaluation fails, whatever the limits.
+    // Now every evaluation fails at once, whatever the limits...
     for _ in 0..2 {
         let verdict = registry
             .evaluate(&acquire(b"a"), LIMITS, FailureMode::Deny)
@@ -542,11 +542,22 @@ fn a_failed_rebuild_breaks_the_policy_until_it_is_replaced() {
             verdict,
             Err(LockError::Policy {
                 policy: "fragile".into(),
-                cause: format!("instance unavailable until the policy is replaced: {broken}"),
+                cause: format!(
+                    "instance unavailable (its rebuild is retried every second): {broken}"
+                ),
             })
         );
     }
-    // Replacing it repairs it.
+    // ... until a retry of the rebuild, under limits that allow it, succeeds.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(
+        registry
+            .evaluate(&acquire(b"a"), LIMITS, FailureMode::Deny)
+            .verdict,
+        Ok(Some(1))
+    );
+    assert_eq!(registry.list()[0].broken, None);
+    // Replacing it repairs it too.
     registry.install(guest.compile("fragile"), true).unwrap();
     assert_eq!(
         registry
@@ -555,6 +566,37 @@ fn a_failed_rebuild_breaks_the_policy_until_it_is_replaced() {
         Ok(Some(1))
     );
     assert_eq!(registry.list()[0].broken, None);
+}
+
+#[test]
+fn a_memory_cap_lowered_below_a_live_instance_applies() {
+    // The instance grows its memory by 512 KiB at configuration, or traps.
+    let guest = Guest::counter().before_configure(
+        "(if (i32.lt_s (memory.grow (i32.const 8)) (i32.const 0)) (then unreachable))",
+    );
+    let mut registry = Registry::new();
+    registry.install(guest.compile("big"), false).unwrap();
+    assert_eq!(
+        registry
+            .evaluate(&acquire(b"a"), LIMITS, FailureMode::Deny)
+            .verdict,
+        Ok(Some(1))
+    );
+    // Below what the instance uses: rebuilt under the new cap, which its
+    // configuration exceeds, so the policy fails closed instead of running
+    // on with the memory it had.
+    let small = EvalLimits {
+        memory_bytes: 256 * 1024,
+        ..LIMITS
+    };
+    let verdict = registry
+        .evaluate(&acquire(b"a"), small, FailureMode::Deny)
+        .verdict;
+    assert!(
+        matches!(&verdict, Err(LockError::Policy { cause, .. }) if cause.contains("memory")),
+        "{verdict:?}"
+    );
+    assert!(registry.list()[0].broken.is_some());
 }
 
 #[test]
