@@ -112,6 +112,9 @@ pub fn missing_apis() -> Vec<&'static str> {
         RedisModule_AvoidReplicaTraffic,
         RedisModule_GetKeyNameFromOptCtx,
         RedisModule_GetDbIdFromOptCtx,
+        RedisModule_GetModuleUserFromUserName,
+        RedisModule_ACLCheckKeyPermissions,
+        RedisModule_FreeModuleUser,
     )
 }
 

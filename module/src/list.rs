@@ -5,6 +5,9 @@
 //! blocks the server for long, however many keys there are) and replies
 //! `[next-cursor, [[key, owner, token, ttl, held, waiters], ...]]`; iterate
 //! until the cursor is 0, exactly like `SCAN`.
+//!
+//! It lists only the locks whose keys the caller's ACL user may read, so a
+//! user confined to `~app:*` does not see other tenants' owners and tokens.
 
 use crate::ffi::{self, Call, Key, Slot, api, reply};
 use crate::lease_type::ty;
@@ -20,6 +23,40 @@ impl Drop for Reply {
         if !self.0.is_null() {
             api!(RedisModule_FreeCallReply, self.0);
         }
+    }
+}
+
+/// The calling connection's ACL user, freed on drop.
+struct CallerUser(*mut raw::RedisModuleUser);
+
+impl CallerUser {
+    /// `None` when the caller is unknown (a script's engine client): then
+    /// nothing is listed.
+    fn of(call: &Call) -> Option<CallerUser> {
+        let name = ffi::OwnedString::adopt(api!(
+            RedisModule_GetClientUserNameById,
+            call.ctx,
+            call.client_id()
+        ))?;
+        let user = api!(RedisModule_GetModuleUserFromUserName, name.raw());
+        (!user.is_null()).then_some(CallerUser(user))
+    }
+
+    fn may_read(&self, key: *mut ffi::RString) -> bool {
+        api!(
+            RedisModule_ACLCheckKeyPermissions,
+            self.0,
+            key,
+            // Read access to the key's data (the only flag that means "read"
+            // here; Redis refuses the key-spec RO flag in this call).
+            raw::REDISMODULE_CMD_KEY_ACCESS as i32
+        ) == raw::REDISMODULE_OK as i32
+    }
+}
+
+impl Drop for CallerUser {
+    fn drop(&mut self) {
+        api!(RedisModule_FreeModuleUser, self.0);
     }
 }
 
@@ -67,10 +104,14 @@ pub fn list(call: &Call) -> Result<(), LockError> {
     let keys = element(scan.0, 1);
     let now = ffi::command_now_ms();
     let db = call.db();
+    let user = CallerUser::of(call);
     let mut rows: Vec<(Vec<u8>, Lease, usize)> = Vec::new();
     for i in 0..api!(RedisModule_CallReplyLength, keys) {
         let name = string(element(keys, i));
         let owned = ffi::OwnedString::new(name);
+        if !user.as_ref().is_some_and(|u| u.may_read(owned.raw())) {
+            continue;
+        }
         let Some(mut key) = Key::read(call.ctx, owned.raw()) else {
             continue;
         };

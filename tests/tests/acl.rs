@@ -88,7 +88,40 @@ for_each_flavor! {
         assert!(!exists(&s, "app:locks:x"));
     }
 
-        /// Redis checks the arity the module declares, and the key specs say
+    /// LOCK.LIST shows a user only the locks whose keys it may read: a
+    /// tenant confined to `app:*` does not see other tenants' owners and
+    /// tokens. The default user sees everything.
+    fn lock_list_respects_key_permissions(flavor: Flavor) {
+        let s = Server::start(flavor);
+        assert_eq!(
+            s.cmd_text(&["ACL", "SETUSER", "tenant", "on", ">pw", "resetkeys", "~app:*", "-@all", "+lock.list", "+lock.acquire"]),
+            "OK"
+        );
+        for key in ["app:1", "app:2", "other:1", "other:2"] {
+            assert!(parse_grant(&s.cmd(&["LOCK.ACQUIRE", key, "owner", "60000"])).is_some());
+        }
+        let listed = |conn: &mut dyn redis::ConnectionLike| -> Vec<String> {
+            let reply = req(conn, &["LOCK.LIST", "COUNT", "1000"]);
+            let Value::Array(parts) = reply else { panic!("LOCK.LIST: {}", render(&reply)) };
+            assert_eq!(render(&parts[0]), "0");
+            let Value::Array(rows) = &parts[1] else { panic!("rows: {:?}", parts[1]) };
+            let mut keys: Vec<String> = rows
+                .iter()
+                .map(|r| match r {
+                    Value::Array(f) => render(&f[0]),
+                    other => panic!("row {other:?}"),
+                })
+                .collect();
+            keys.sort();
+            keys
+        };
+        let client = redis::Client::open(format!("redis://tenant:pw@127.0.0.1:{}/", s.port())).unwrap();
+        let mut tenant = client.get_connection_with_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(listed(&mut tenant), ["app:1", "app:2"]);
+        assert_eq!(listed(&mut s.client()), ["app:1", "app:2", "other:1", "other:2"]);
+    }
+
+    /// Redis checks the arity the module declares, and the key specs say
     /// which commands only read the lock: an ACL selector that grants read
     /// access to a prefix (`%R~`) lets a monitoring user run LOCK.INFO there,
     /// but not take, extend or release a lock.
