@@ -185,6 +185,11 @@ fn ask(
 pub fn acquire(call: &Call) -> Outcome {
     let args = call.args();
     let req = parse::acquire(&args)?;
+    if req.session && call.flags() & ffi::CTX_SCRIPT != 0 {
+        return Err(LockError::syntax(
+            "SESSION cannot be used inside a script or function: the server does not tell modules which connection runs it",
+        ));
+    }
     let queue = queue_of(call);
     // Earlier waiters come first: if the lock is free but clients queue for
     // it, hand it to them before considering this request.

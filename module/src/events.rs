@@ -3,9 +3,9 @@
 //! * replication role changes: only a primary counts expirations and
 //!   releases session locks;
 //! * client disconnects: session locks are released;
-//! * FLUSHDB/FLUSHALL and SWAPDB: waiters are served and the session index
-//!   follows (no per-key callback runs when a whole database is emptied or
-//!   swapped);
+//! * FLUSHDB/FLUSHALL and SWAPDB: waiters are served, and the session index
+//!   follows a swap (no per-key callback runs when a whole database is
+//!   emptied or swapped);
 //! * key expiry: a lock whose lease ran out while held is published as the
 //!   module keyspace event `lock.expired`;
 //! * a fork for an AOF rewrite: node-wide state is propagated again so that
@@ -120,12 +120,10 @@ unsafe extern "C" fn on_keyspace_reset(
             if let Some(info) = unsafe { data.cast::<raw::RedisModuleSwapDbInfo>().as_ref() } {
                 sessions::dbs_swapped(info.dbnum_first, info.dbnum_second);
             }
-        } else if sub == raw::REDISMODULE_SUBEVENT_FLUSHDB_END {
-            // SAFETY: FLUSHDB passes a RedisModuleFlushInfo (dbnum -1: all).
-            if let Some(info) = unsafe { data.cast::<raw::RedisModuleFlushInfo>().as_ref() } {
-                sessions::flushed((info.dbnum >= 0).then_some(info.dbnum));
-            }
-        } else {
+        } else if sub != raw::REDISMODULE_SUBEVENT_FLUSHDB_END {
+            // (The session index keeps entries of flushed locks: `DEBUG
+            // RELOAD` flushes and loads the same leases back, and an entry is
+            // checked against the keyspace before anything is released.)
             return;
         }
         for lk in waiters::all_keys() {

@@ -370,6 +370,9 @@ pub const CTX_NO_BLOCKING: u32 = raw::REDISMODULE_CTX_FLAGS_MULTI
     | raw::REDISMODULE_CTX_FLAGS_LUA
     | raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING;
 pub const CTX_LOADING: u32 = raw::REDISMODULE_CTX_FLAGS_LOADING;
+/// Inside a Lua script or function: the context's client is the script
+/// engine's, not the connection that called the script.
+pub const CTX_SCRIPT: u32 = raw::REDISMODULE_CTX_FLAGS_LUA;
 
 /// An open key, closed on drop.
 pub struct Key {

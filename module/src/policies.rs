@@ -106,8 +106,15 @@ pub fn check(call: &Call, ask: &Ask<'_>) -> Result<Option<u64>, LockError> {
     if with(|r| r.is_empty()) {
         return Ok(None);
     }
-    let client_id = call.client_id();
-    let user = user_of(call.ctx, client_id);
+    // Inside a script the caller is unknown to modules (the context's
+    // client is the script engine's): policies see client id 0 and an empty
+    // user, and must treat them as unknown.
+    let (client_id, user) = if call.flags() & ffi::CTX_SCRIPT != 0 {
+        (0, None)
+    } else {
+        let id = call.client_id();
+        (id, user_of(call.ctx, id))
+    };
     // SAFETY: the user string lives until the end of this function.
     let user_bytes = user
         .as_ref()

@@ -62,17 +62,6 @@ pub fn dbs_swapped(a: i32, b: i32) {
     });
 }
 
-/// `FLUSHDB` (of `db`) or `FLUSHALL` (`None`) emptied the keyspace without
-/// an unlink callback per key: drop the entries of the emptied databases.
-pub fn flushed(db: Option<i32>) {
-    with(|ix| {
-        ix.retain(|_, held| {
-            held.retain(|_, lk| db.is_some_and(|d| lk.db != d));
-            !held.is_empty()
-        })
-    });
-}
-
 /// Forgets a lease that left the keyspace or changed hands.
 pub fn forget(lease: &Lease) {
     if lease.session && lease.client_id != 0 {

@@ -82,7 +82,10 @@ pub struct Holder<'a> {
 pub struct Caller<'a> {
     /// The Redis client (connection) id.
     pub client_id: u64,
-    /// The ACL user name of the connection (`default` without ACLs).
+    /// The ACL user name of the connection (`default` without ACLs); empty
+    /// when the caller is unknown (inside a Lua script or function, where
+    /// `client_id` is 0 too): a policy deciding by user must not treat that
+    /// as a permission.
     #[serde(borrow, serialize_with = "bytes")]
     pub user: &'a [u8],
 }

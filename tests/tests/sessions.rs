@@ -389,4 +389,28 @@ for_each_flavor! {
         wait_for_offset(new, old);
         assert_eq!(old.cmd_text(&["DEBUG", "DIGEST"]), new.cmd_text(&["DEBUG", "DIGEST"]));
     }
+
+    /// SESSION inside a script or function is refused: the module cannot
+    /// know which connection runs the script, so the lock could never be
+    /// released with it. Nothing is created.
+    fn session_refused_inside_scripts(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let reply = server.cmd_text(&[
+            "EVAL",
+            "return redis.call('LOCK.ACQUIRE', KEYS[1], 'me', '10000', 'SESSION')",
+            "1",
+            "scripted",
+        ]);
+        assert!(reply.contains("SESSION cannot be used inside a script"), "{reply}");
+        assert!(!exists(&server, "scripted"));
+        // Without SESSION the script acquires normally.
+        let reply = server.cmd_text(&[
+            "EVAL",
+            "return redis.call('LOCK.ACQUIRE', KEYS[1], 'me', '10000')",
+            "1",
+            "scripted",
+        ]);
+        assert!(reply.starts_with('['), "{reply}");
+        assert_eq!(lock_field(&server, "scripted", "session"), 0);
+    }
 }

@@ -149,6 +149,19 @@ fn non_negative(arg: &[u8], what: &str) -> Result<u64, LockError> {
     }
 }
 
+/// The longest `WAIT` (2^40 ms, some 34 years): the server's timers add it
+/// to the current time in microseconds, which must not overflow.
+pub const MAX_WAIT_MS: u64 = 1 << 40;
+
+fn wait_timeout(arg: &[u8]) -> Result<u64, LockError> {
+    match parse_u64(arg) {
+        Some(v) if v <= MAX_WAIT_MS => Ok(v),
+        _ => Err(LockError::syntax(format!(
+            "WAIT timeout-ms must be an integer from 0 to {MAX_WAIT_MS}"
+        ))),
+    }
+}
+
 fn token(arg: &[u8]) -> Result<u64, LockError> {
     match parse_u64(arg) {
         Some(v) if v > 0 && v <= i64::MAX as u64 => Ok(v),
@@ -233,7 +246,7 @@ pub fn acquire<'a>(args: &[&'a [u8]]) -> Result<Acquire<'a>, LockError> {
     let mut opts = Options::new(rest);
     while let Some(opt) = opts.next(&[("WAIT", true), ("SESSION", false)]) {
         match opt? {
-            ("WAIT", Some(v)) => req.wait_ms = Some(non_negative(v, "WAIT timeout-ms")?),
+            ("WAIT", Some(v)) => req.wait_ms = Some(wait_timeout(v)?),
             _ => req.session = true,
         }
     }
@@ -442,6 +455,8 @@ mod tests {
             &["k", "me", "5", "WAIT"],
             &["k", "me", "5", "WAIT", "x"],
             &["k", "me", "5", "WAIT", "-1"],
+            &["k", "me", "5", "WAIT", "1099511627777"],
+            &["k", "me", "5", "WAIT", "9223372036854775807"],
             &["k", "me", "5", "NOPE"],
             &["k", "me", "5", "SESSION", "SESSION"],
         ] {
