@@ -159,11 +159,10 @@ fn setting(privdata: *mut c_void) -> &'static Setting {
 }
 
 fn set_error(err: *mut *mut RString, msg: &str) -> c_int {
-    let c = CString::new(msg).unwrap_or_default();
     let e = api!(
         RedisModule_CreateString,
         std::ptr::null_mut(),
-        c.as_ptr(),
+        msg.as_ptr().cast::<c_char>(),
         msg.len()
     );
     // SAFETY: Redis passes a valid out-pointer for the error string.
@@ -172,15 +171,8 @@ fn set_error(err: *mut *mut RString, msg: &str) -> c_int {
 }
 
 /// Cross-setting check: the TTL bounds must stay ordered.
-fn check(s: &Setting, v: i64) -> Result<(), String> {
-    if LOADING.load(Relaxed) {
-        return Ok(());
-    }
-    let (min, max) = match s.name {
-        "max-ttl-ms" => (get(Id::MinTtlMs), v),
-        "min-ttl-ms" => (v, get(Id::MaxTtlMs)),
-        _ => return Ok(()),
-    };
+fn check_ttl_bounds() -> Result<(), String> {
+    let (min, max) = (get(Id::MinTtlMs), get(Id::MaxTtlMs));
     if min > max {
         return Err(format!(
             "min-ttl-ms ({min}) must not exceed max-ttl-ms ({max})"
@@ -189,16 +181,30 @@ fn check(s: &Setting, v: i64) -> Result<(), String> {
     Ok(())
 }
 
-fn store(privdata: *mut c_void, v: i64, err: *mut *mut RString) -> c_int {
-    ffi::guard("config set", raw::REDISMODULE_ERR as c_int, || {
-        let s = setting(privdata);
-        match check(s, v) {
-            Ok(()) => {
-                s.value.store(v, Relaxed);
-                raw::REDISMODULE_OK as c_int
-            }
+/// The apply callback of the TTL bounds: Redis calls it once every value of
+/// a `CONFIG SET` is stored, so `CONFIG SET lockwarden.min-ttl-ms 70000
+/// lockwarden.max-ttl-ms 120000` works in any order; on failure Redis puts
+/// the previous values back.
+unsafe extern "C" fn apply_ttl_bounds(
+    _ctx: *mut ffi::Ctx,
+    _privdata: *mut c_void,
+    err: *mut *mut RString,
+) -> c_int {
+    ffi::guard("config apply", raw::REDISMODULE_ERR as c_int, || {
+        if LOADING.load(Relaxed) {
+            return raw::REDISMODULE_OK as c_int;
+        }
+        match check_ttl_bounds() {
+            Ok(()) => raw::REDISMODULE_OK as c_int,
             Err(msg) => set_error(err, &msg),
         }
+    })
+}
+
+fn store(privdata: *mut c_void, v: i64) -> c_int {
+    ffi::guard("config set", raw::REDISMODULE_ERR as c_int, || {
+        setting(privdata).value.store(v, Relaxed);
+        raw::REDISMODULE_OK as c_int
     })
 }
 
@@ -210,9 +216,9 @@ unsafe extern "C" fn set_number(
     _: *const c_char,
     v: c_longlong,
     privdata: *mut c_void,
-    err: *mut *mut RString,
+    _err: *mut *mut RString,
 ) -> c_int {
-    store(privdata, v, err)
+    store(privdata, v)
 }
 
 unsafe extern "C" fn get_int(_: *const c_char, privdata: *mut c_void) -> c_int {
@@ -223,9 +229,9 @@ unsafe extern "C" fn set_int(
     _: *const c_char,
     v: c_int,
     privdata: *mut c_void,
-    err: *mut *mut RString,
+    _err: *mut *mut RString,
 ) -> c_int {
-    store(privdata, v as i64, err)
+    store(privdata, v as i64)
 }
 
 /// Registers every setting (with the current values, already adjusted by
@@ -236,6 +242,8 @@ pub fn register(ctx: *mut ffi::Ctx) -> Result<(), String> {
         let privdata = (s as *const Setting).cast_mut().cast::<c_void>();
         let current = s.value.load(Relaxed);
         let flags = raw::REDISMODULE_CONFIG_DEFAULT;
+        let apply: raw::RedisModuleConfigApplyFunc =
+            matches!(s.name, "min-ttl-ms" | "max-ttl-ms").then_some(apply_ttl_bounds);
         let rc = match &s.kind {
             Kind::Number { min, max } => api!(
                 RedisModule_RegisterNumericConfig,
@@ -247,7 +255,7 @@ pub fn register(ctx: *mut ffi::Ctx) -> Result<(), String> {
                 *max,
                 Some(get_number),
                 Some(set_number),
-                None,
+                apply,
                 privdata
             ),
             Kind::Bool => api!(
@@ -294,5 +302,5 @@ pub fn register(ctx: *mut ffi::Ctx) -> Result<(), String> {
     if loaded != raw::REDISMODULE_OK as c_int {
         return Err("could not load lockwarden.* configs".into());
     }
-    check(&SETTINGS[Id::MaxTtlMs as usize], get(Id::MaxTtlMs))
+    check_ttl_bounds()
 }

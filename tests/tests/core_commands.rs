@@ -500,6 +500,21 @@ for_each_flavor! {
         assert!(s.cmd_text(&["CONFIG", "SET", "lockwarden.max-ttl-ms", "50"]).starts_with("(error)"));
         assert!(s.cmd_text(&["CONFIG", "SET", "lockwarden.max-ttl-ms", "0"]).starts_with("(error)"));
         assert!(s.cmd_text(&["CONFIG", "SET", "lockwarden.clamp-ttl", "maybe"]).starts_with("(error)"));
+        // The bounds are checked once every value of a CONFIG SET is in, in
+        // any order; a failing CONFIG SET leaves every value as it was.
+        assert!(s
+            .cmd_text(&["CONFIG", "SET", "lockwarden.max-ttl-ms", "5000", "lockwarden.min-ttl-ms", "2000", "lockwarden.clamp-ttl", "bogus"])
+            .starts_with("(error)"));
+        assert!(s
+            .cmd_text(&["CONFIG", "SET", "lockwarden.min-ttl-ms", "2000", "lockwarden.max-ttl-ms", "1500"])
+            .starts_with("(error)"));
+        let cfg = config_get(&s, "lockwarden.*");
+        assert_eq!((cfg["lockwarden.min-ttl-ms"].as_str(), cfg["lockwarden.max-ttl-ms"].as_str()), ("100", "1000"));
+        assert_eq!(
+            s.cmd_text(&["CONFIG", "SET", "lockwarden.min-ttl-ms", "2000", "lockwarden.max-ttl-ms", "5000"]),
+            "OK"
+        );
+        assert_eq!(s.cmd_text(&["CONFIG", "SET", "lockwarden.min-ttl-ms", "100", "lockwarden.max-ttl-ms", "1000"]), "OK");
         let cfg = config_get(&s, "lockwarden.*");
         assert_eq!(cfg["lockwarden.min-ttl-ms"], "100");
         assert_eq!(cfg["lockwarden.max-ttl-ms"], "1000");
