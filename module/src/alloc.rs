@@ -1,16 +1,18 @@
 //! The global allocator: Redis's allocator (so `INFO memory` and `maxmemory`
 //! see what the module uses), with alignment handled properly.
 //!
-//! `RedisModule_Alloc` returns memory aligned for any fundamental type (16
-//! bytes with jemalloc on x86_64), but Rust may ask for more (wasmtime and
-//! cache-padded types use 64 or 128). Such requests over-allocate, align by
+//! `RedisModule_Alloc` returns memory aligned to 8 bytes at least, but Rust
+//! may ask for more (`u128` and wasmtime's linear memory want 16,
+//! cache-padded types 64 or 128). Such requests over-allocate, align by
 //! hand, and keep the original pointer just below the aligned block.
 
 use redis_module::raw;
 use std::alloc::{GlobalAlloc, Layout};
 
-/// Alignment `RedisModule_Alloc` guarantees for sizes that are multiples of it.
-const NATIVE_ALIGN: usize = 16;
+/// Alignment `RedisModule_Alloc` guarantees for any size: 8 bytes. (jemalloc
+/// aligns its 8-byte size class to 8 only, and a Redis built without
+/// `malloc_usable_size` puts an 8-byte size header before every block.)
+const NATIVE_ALIGN: usize = 8;
 const HEADER: usize = std::mem::size_of::<usize>();
 
 pub struct RedisAllocator;

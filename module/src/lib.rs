@@ -71,6 +71,16 @@ fn apply_load_args(args: &[&[u8]]) -> Result<Option<PolicySpec>, String> {
             false => Err("policy-* arguments need policy-file".into()),
         };
     };
+    // The size first: a wrong path to a huge file must not be read whole.
+    let max = config::get(config::Id::PolicyMaxModuleKb) as u64 * 1024;
+    let size = std::fs::metadata(&file)
+        .map_err(|e| format!("cannot read policy-file {file}: {e}"))?
+        .len();
+    if size > max {
+        return Err(format!(
+            "policy-file {file} is {size} bytes; lockwarden.policy-max-module-kb allows {max}"
+        ));
+    }
     let wasm = std::fs::read(&file).map_err(|e| format!("cannot read policy-file {file}: {e}"))?;
     // Reuse the LOCK.POLICY LOAD parser: NAME first, options, WASM last.
     let mut words: Vec<&[u8]> = Vec::new();

@@ -17,7 +17,7 @@ use crate::state::MainThread;
 use crate::stats;
 use lockwarden_core::policy::{
     CompiledPolicy, EvalLimits, FailureMode, LoadError, Note, PolicyEngine, PolicySpec, Registry,
-    decode_specs, encode_specs,
+    check_module_size, decode_specs, encode_specs,
 };
 use lockwarden_core::{Lease, LockError, parse};
 use lockwarden_sdk::abi::{Caller, Decision, Holder, Operation, Request};
@@ -139,6 +139,20 @@ pub fn check(call: &Call, ask: &Ask<'_>) -> Result<Option<u64>, LockError> {
 pub fn load(call: &Call) -> Result<(), LockError> {
     let args = call.args();
     let req = parse::policy_load(&args[1..])?;
+    let flags = call.flags();
+    // From the replication stream or the AOF: what the primary accepted,
+    // compiled inline (the stream is applied in order), whatever this node's
+    // own size limit.
+    let from_dataset = flags & (ffi::CTX_REPLICATED | ffi::CTX_LOADING) != 0;
+    if !from_dataset {
+        if flags & ffi::CTX_NO_BLOCKING != 0 {
+            return Err(LockError::syntax(
+                "LOCK.POLICY LOAD compiles on a background thread and cannot run inside MULTI/EXEC: send it on its own",
+            ));
+        }
+        // Before copying what may be a very large argument.
+        check_module_size(req.wasm.len(), max_module_bytes()).map_err(load_error)?;
+    }
     let spec = PolicySpec {
         name: String::from_utf8_lossy(req.name).into_owned(),
         keys: req.keys.to_vec(),
@@ -147,12 +161,10 @@ pub fn load(call: &Call) -> Result<(), LockError> {
         wasm: req.wasm.to_vec(),
     };
     let replace = req.replace;
-    let flags = call.flags();
     // Re-sent unchanged (replication after an AOF rewrite, a retried call)
     // and working: nothing to do. A broken instance is rebuilt by loading.
     // The start-up policy is not replaced from the AOF or the replication
     // stream (see STARTUP_POLICY).
-    let from_dataset = flags & (ffi::CTX_REPLICATED | ffi::CTX_LOADING) != 0;
     if (replace && with(|r| r.has_working(&spec))) || (from_dataset && is_startup(&spec.name)) {
         api!(RedisModule_ReplicateVerbatim, call.ctx);
         reply::ok(call.ctx);
@@ -165,8 +177,7 @@ pub fn load(call: &Call) -> Result<(), LockError> {
     } else {
         max_module_bytes()
     };
-    let inline = flags & (ffi::CTX_REPLICATED | ffi::CTX_LOADING | ffi::CTX_NO_BLOCKING) != 0;
-    if inline {
+    if from_dataset {
         let compiled = engine().compile(spec, max, limits()).map_err(load_error);
         return finish_load(call.ctx, compiled, replace);
     }
@@ -185,8 +196,18 @@ pub fn load(call: &Call) -> Result<(), LockError> {
     let limits = limits();
     let spawned = std::thread::Builder::new()
         .name("lockwarden-compile".into())
+        // The policy's configuration runs on this thread too: room for the
+        // compiler and the Wasm stack, whatever RUST_MIN_STACK says.
+        .stack_size(COMPILE_STACK_BYTES)
         .spawn(move || {
-            let compiled = engine().compile(spec, max, limits).map_err(load_error);
+            let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                engine().compile(spec, max, limits).map_err(load_error)
+            }))
+            .unwrap_or_else(|_| {
+                Err(LockError::BadPolicy(
+                    "internal error while compiling (details in the server log)".into(),
+                ))
+            });
             job.finish(compiled);
         });
     if let Err(e) = spawned {
@@ -200,6 +221,9 @@ pub fn load(call: &Call) -> Result<(), LockError> {
     }
     Ok(())
 }
+
+/// Stack of the compiler thread.
+const COMPILE_STACK_BYTES: usize = 8 << 20;
 
 /// A load compiling on a background thread; the blocked client is a pointer
 /// Redis lets any thread unblock.

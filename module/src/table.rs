@@ -72,7 +72,9 @@ const COMMANDS: &[Spec] = &[
     Spec {
         name: c"LOCK.RELEASE",
         entry: cmd_release,
-        flags: c"write fast",
+        // Not `fast`: policies run (bounded by fuel, not by O(1)), and the
+        // handoff to waiters runs in the same command.
+        flags: c"write",
         arity: -3,
         key: Some(RW | DELETE),
         summary: c"Releases a lock held by owner (and FENCE token): 1, or NOTHELD / NOTOWNER.",
@@ -82,7 +84,8 @@ const COMMANDS: &[Spec] = &[
     Spec {
         name: c"LOCK.EXTEND",
         entry: cmd_extend,
-        flags: c"write fast",
+        // Not `fast`: policies run.
+        flags: c"write",
         arity: -4,
         key: Some(RW | UPDATE),
         summary: c"Extends the lease of a lock held by owner: the granted TTL, or NOTHELD / NOTOWNER.",
@@ -139,7 +142,7 @@ const POLICY_SUBCOMMANDS: &[Spec] = &[
         arity: -5,
         key: None,
         summary: c"Compiles and loads a Wasm lock policy: LOAD name [KEYS glob] [MODE enforce|audit] [CONFIG settings] [REPLACE] WASM bytes.",
-        complexity: c"O(module size), compiled off the main thread",
+        complexity: c"O(module size), compiled off the main thread (inline on replicas and AOF load)",
         acl: Some(c"admin dangerous"),
     },
     Spec {

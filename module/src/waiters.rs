@@ -265,6 +265,9 @@ pub fn deadline_moved(lk: &LockKey, deadline_ms: i64, now_ms: i64) {
 /// database) to its first waiter if it is free; otherwise makes sure the
 /// queue's timer fires at the holder's deadline.
 pub fn serve(ctx: *mut Ctx, lk: &LockKey, name: *mut RString) {
+    // Asked once per call (in a cluster it reads the topology), not per
+    // waiter tried.
+    let mut grantable_here = None;
     loop {
         let now = ffi::command_now_ms();
         let mut key = Key::write(ctx, name);
@@ -287,7 +290,7 @@ pub fn serve(ctx: *mut Ctx, lk: &LockKey, name: *mut RString) {
             remove_queue(lk);
             return;
         }
-        if !cluster::can_grant_here(ctx, &lk.name) {
+        if !*grantable_here.get_or_insert_with(|| cluster::can_grant_here(ctx, &lk.name)) {
             // The slot moved or is moving: the lock may live on another node
             // now. Send the waiters back to be routed again.
             fail_all(

@@ -100,12 +100,7 @@ impl PolicyEngine {
         limits: EvalLimits,
     ) -> Result<CompiledPolicy, LoadError> {
         PolicySpec::check_name(&spec.name)?;
-        if spec.wasm.len() > max_module_bytes {
-            return Err(LoadError::new(format!(
-                "module is {} bytes; the maximum is {max_module_bytes}",
-                spec.wasm.len()
-            )));
-        }
+        check_module_size(spec.wasm.len(), max_module_bytes)?;
         if spec.settings.len() > MAX_INPUT_BYTES {
             return Err(LoadError::new(format!(
                 "settings are {} bytes; the maximum is {MAX_INPUT_BYTES}",
@@ -392,6 +387,17 @@ impl CompiledPolicy {
             Err(e) => State::Broken(format!("rebuild failed: {}", e.message()), Instant::now()),
         };
     }
+}
+
+/// Refuses a module of `len` bytes above `max_module_bytes` (checked by
+/// [`PolicyEngine::compile`]; callers may check first, before copying it).
+pub fn check_module_size(len: usize, max_module_bytes: usize) -> Result<(), LoadError> {
+    if len > max_module_bytes {
+        return Err(LoadError::new(format!(
+            "module is {len} bytes; the maximum is {max_module_bytes}"
+        )));
+    }
+    Ok(())
 }
 
 /// Encodes `request` into `buf` for [`CompiledPolicy::evaluate`], refusing

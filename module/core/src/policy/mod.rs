@@ -35,6 +35,7 @@ mod specs;
 
 pub use engine::{
     CompiledPolicy, MAX_INPUT_BYTES, MAX_TABLE_ELEMENTS, MAX_WASM_STACK_BYTES, PolicyEngine,
+    check_module_size,
 };
 pub use error::{EvalFailure, LoadError};
 pub use registry::{Evaluation, Note, PolicyInfo, Registry};
