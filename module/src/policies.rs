@@ -81,6 +81,13 @@ fn user_of(ctx: *mut Ctx, client_id: u64) -> Option<OwnedString> {
     OwnedString::adopt(api!(RedisModule_GetClientUserNameById, ctx, client_id))
 }
 
+/// The bytes of a user name (empty when there is none).
+fn name_bytes(user: &Option<OwnedString>) -> &[u8] {
+    // SAFETY: the string lives as long as the borrow of `user`.
+    user.as_ref()
+        .map_or(&[][..], |u| unsafe { ffi::bytes(u.raw()) })
+}
+
 fn request<'a>(ask: &Ask<'a>, client_id: u64, user: &'a [u8]) -> Request<'a> {
     Request {
         op: ask.op,
@@ -106,20 +113,14 @@ pub fn check(call: &Call, ask: &Ask<'_>) -> Result<Option<u64>, LockError> {
     if with(|r| r.is_empty()) {
         return Ok(None);
     }
-    // Inside a script the caller is unknown to modules (the context's
-    // client is the script engine's): policies see client id 0 and an empty
-    // user, and must treat them as unknown.
-    let (client_id, user) = if call.flags() & ffi::CTX_SCRIPT != 0 {
-        (0, None)
-    } else {
-        let id = call.client_id();
-        (id, user_of(call.ctx, id))
-    };
-    // SAFETY: the user string lives until the end of this function.
-    let user_bytes = user
-        .as_ref()
-        .map_or(&[][..], |u| unsafe { ffi::bytes(u.raw()) });
-    let req = request(ask, client_id, user_bytes);
+    // The user name costs a lookup and two allocations: only for policies
+    // that read it. (Inside a script the context's client is the script
+    // engine's, which has no user to look up: the user is then empty.)
+    let client_id = call.client_id();
+    let user = with(|r| r.reads_caller_user(ask.key))
+        .then(|| user_of(call.ctx, client_id))
+        .flatten();
+    let req = request(ask, client_id, name_bytes(&user));
     let evaluation = with(|r| r.evaluate(&req, limits(), failure_mode()));
     for note in &evaluation.notes {
         if matches!(note, Note::AuditDeny { .. }) {
@@ -422,10 +423,7 @@ pub fn eval(call: &Call) -> Result<(), LockError> {
     };
     let client_id = call.client_id();
     let user = user_of(call.ctx, client_id);
-    // SAFETY: the user string lives until the end of this function.
-    let user_bytes = user
-        .as_ref()
-        .map_or(&[][..], |u| unsafe { ffi::bytes(u.raw()) });
+    let user_bytes = name_bytes(&user);
     let name = String::from_utf8_lossy(req.name);
     // A failing dry run is answered as an error but not counted with the
     // failures of real commands (INFO policy_failures).

@@ -31,6 +31,17 @@ pub mod exports {
     pub const EVALUATE: &str = "lockwarden_evaluate";
     /// The guest's linear memory.
     pub const MEMORY: &str = "memory";
+    /// Optional, `() -> i32`: the [`fields`](super::fields) of the request
+    /// the policy reads. Absent: all of them.
+    pub const REQUEST_FIELDS: &str = "lockwarden_request_fields";
+}
+
+/// Bits of [`exports::REQUEST_FIELDS`]: optional request fields that cost
+/// the host something to fill. A field the policy does not declare may be
+/// left empty; bits this host does not know are ignored.
+pub mod fields {
+    /// `caller.user`, the connection's ACL user name (a lookup per command).
+    pub const CALLER_USER: u32 = 1;
 }
 
 /// Which lock command is being evaluated.
@@ -80,12 +91,15 @@ pub struct Holder<'a> {
 /// Who sent the command.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caller<'a> {
-    /// The Redis client (connection) id.
+    /// The id of the client running the command (inside a Lua script or
+    /// function: the script engine's client; modules are not told which
+    /// connection called the script).
     pub client_id: u64,
-    /// The ACL user name of the connection (`default` without ACLs); empty
-    /// when the caller is unknown (inside a Lua script or function, where
-    /// `client_id` is 0 too): a policy deciding by user must not treat that
-    /// as a permission.
+    /// The ACL user name of the connection (`default` without ACLs). Empty
+    /// when the caller is unknown (inside a Lua script or function) — a
+    /// policy deciding by user must not treat that as a permission — and for
+    /// policies that declare they do not read it
+    /// ([`Policy::READS_CALLER_USER`](crate::Policy::READS_CALLER_USER)).
     #[serde(borrow, serialize_with = "bytes")]
     pub user: &'a [u8],
 }

@@ -47,6 +47,12 @@ pub trait Policy: Sized + 'static {
 
     /// Decides one request.
     fn evaluate(&self, request: &Request<'_>) -> Decision;
+
+    /// Whether [`evaluate`](Policy::evaluate) reads `request.caller.user`.
+    /// Filling it costs the server a lookup per command, so a policy that
+    /// does not look at the user should say `false`: the server then leaves
+    /// it empty (and so does [`testing::PolicyTester`]).
+    const READS_CALLER_USER: bool = true;
 }
 
 /// Parses policy settings from JSON bytes; empty (or all-whitespace) settings
@@ -74,6 +80,15 @@ pub mod guest {
     thread_local! {
         static INPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         static OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// `lockwarden_request_fields`: the optional request fields `P` reads.
+    pub fn request_fields<P: Policy>() -> i32 {
+        let mut fields = 0;
+        if P::READS_CALLER_USER {
+            fields |= abi::fields::CALLER_USER;
+        }
+        fields as i32
     }
 
     /// `lockwarden_buffer`: grows the input buffer to `len` bytes.
@@ -157,6 +172,11 @@ macro_rules! export_policy {
             }
 
             #[unsafe(no_mangle)]
+            pub extern "C" fn lockwarden_request_fields() -> i32 {
+                $crate::policy::guest::request_fields::<$policy>()
+            }
+
+            #[unsafe(no_mangle)]
             pub extern "C" fn lockwarden_buffer(len: i32) -> i32 {
                 $crate::policy::guest::buffer(len)
             }
@@ -197,7 +217,12 @@ pub mod testing {
 
         /// Evaluates a request built with [`RequestBuilder`].
         pub fn evaluate(&self, request: &RequestBuilder) -> Decision {
-            let bytes = abi::encode(&request.as_request()).expect("encode request");
+            let mut request = request.as_request();
+            if !P::READS_CALLER_USER {
+                // As the server does for a policy that does not read it.
+                request.caller.user = b"";
+            }
+            let bytes = abi::encode(&request).expect("encode request");
             let decoded: Request = abi::decode(&bytes).expect("decode request");
             let decision = self.policy.evaluate(&decoded);
             let bytes = abi::encode(&decision).expect("encode decision");
@@ -303,5 +328,65 @@ pub mod testing {
                 waiters: self.waiters,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::PolicyTester;
+    use super::*;
+
+    /// Denies when it sees no user.
+    struct NeedsUser;
+    /// The same decision, declared not to read the user.
+    struct IgnoresUser;
+
+    fn by_user(request: &Request<'_>) -> Decision {
+        if request.caller.user.is_empty() {
+            Decision::Deny("no user".into())
+        } else {
+            Decision::Allow
+        }
+    }
+
+    impl Policy for NeedsUser {
+        type Settings = serde::de::IgnoredAny;
+        fn new(_: Self::Settings) -> Result<Self, String> {
+            Ok(NeedsUser)
+        }
+        fn evaluate(&self, request: &Request<'_>) -> Decision {
+            by_user(request)
+        }
+    }
+
+    impl Policy for IgnoresUser {
+        type Settings = serde::de::IgnoredAny;
+        const READS_CALLER_USER: bool = false;
+        fn new(_: Self::Settings) -> Result<Self, String> {
+            Ok(IgnoresUser)
+        }
+        fn evaluate(&self, request: &Request<'_>) -> Decision {
+            by_user(request)
+        }
+    }
+
+    #[test]
+    fn the_exported_request_fields_follow_the_declaration() {
+        assert_eq!(
+            guest::request_fields::<NeedsUser>(),
+            abi::fields::CALLER_USER as i32
+        );
+        assert_eq!(guest::request_fields::<IgnoresUser>(), 0);
+    }
+
+    #[test]
+    fn the_tester_leaves_the_user_out_as_the_server_does() {
+        let needs = PolicyTester::<NeedsUser>::new("").unwrap();
+        assert_eq!(needs.acquire("k", "me", 1000), Decision::Allow);
+        let ignores = PolicyTester::<IgnoresUser>::new("").unwrap();
+        assert_eq!(
+            ignores.acquire("k", "me", 1000),
+            Decision::Deny("no user".into())
+        );
     }
 }

@@ -726,6 +726,32 @@ for_each_flavor! {
         }
     }
 
+    /// The server looks up the caller's ACL user only for policies that
+    /// read it: a policy declaring `lockwarden_request_fields` without the
+    /// user bit gets it empty, one without the export gets `default`. (The
+    /// guest clamps the TTL to the length of the request it received:
+    /// `default` adds 7 bytes.)
+    fn caller_user_only_for_policies_that_read_it(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let measuring = |fields: Option<&str>| {
+            let mut guest = Guest::allow();
+            guest.evaluate = clamp_to("(local.get $len)");
+            if let Some(fields) = fields {
+                guest.extra = format!(r#"(func (export "lockwarden_request_fields") (result i32) {fields})"#);
+            }
+            guest.wasm()
+        };
+        load_ok(&server, "len", &[], &measuring(None));
+        let with_user = acquire_ok(&server, "k1", "me", 10_000).1;
+        load_ok(&server, "len", &["REPLACE"], &measuring(Some("(i32.const 1)")));
+        assert_eq!(acquire_ok(&server, "k2", "me", 10_000).1, with_user);
+        load_ok(&server, "len", &["REPLACE"], &measuring(Some("(i32.const 0)")));
+        assert_eq!(acquire_ok(&server, "k3", "me", 10_000).1, with_user - 7);
+        // Another policy on the key that reads it: then everyone gets it.
+        load_ok(&server, "reader", &["KEYS", "u*"], &Guest::allow().wasm());
+        assert_eq!(acquire_ok(&server, "u4", "me", 10_000).1, with_user);
+    }
+
     /// A load whose background compile finishes while writes are paused
     /// (`CLIENT PAUSE WRITE`, `FAILOVER`) is refused with TRYAGAIN: nothing
     /// may be propagated then, and a policy missing from the AOF would

@@ -98,6 +98,8 @@ pub struct OwnerFormat {
 
 impl Policy for OwnerFormat {
     type Settings = Settings;
+    // Decides by key, owner and time: the server need not look up the user.
+    const READS_CALLER_USER: bool = false;
 
     fn new(settings: Settings) -> Result<Self, String> {
         let max_len = settings.max_len.unwrap_or(DEFAULT_MAX_LEN);

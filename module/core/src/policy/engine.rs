@@ -114,6 +114,7 @@ impl PolicyEngine {
         let guest = Guest::start(&module, &spec.settings, limits)?;
         Ok(CompiledPolicy {
             sha256: Sha256::digest(&spec.wasm).into(),
+            reads_caller_user: guest.fields & abi::fields::CALLER_USER != 0,
             spec,
             module,
             instance: State::Live(guest),
@@ -311,6 +312,8 @@ pub struct CompiledPolicy {
     sha256: [u8; 32],
     module: Module,
     instance: State,
+    /// Declared at load (`lockwarden_request_fields`); fixed for the module.
+    reads_caller_user: bool,
 }
 
 /// The instance of a policy: live, or broken by a failed rebuild.
@@ -334,6 +337,12 @@ impl CompiledPolicy {
     /// The policy's name.
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// Does the policy read `caller.user`? (Otherwise the host may leave it
+    /// empty and skip the lookup.)
+    pub fn reads_caller_user(&self) -> bool {
+        self.reads_caller_user
     }
 
     /// The SHA-256 of the module's bytes, in lower-case hex.
@@ -586,6 +595,8 @@ fn span(ptr: u32, len: usize) -> std::ops::Range<usize> {
 struct Guest {
     channel: Channel,
     evaluate: TypedFunc<i32, i64>,
+    /// The optional request fields the policy reads (`abi::fields`).
+    fields: u32,
 }
 
 impl Guest {
@@ -638,6 +649,25 @@ impl Guest {
                 abi::ABI_VERSION
             )));
         }
+        // Optional: without it, the policy reads every field.
+        let fields = match instance.get_export(&mut store, exports::REQUEST_FIELDS) {
+            None => u32::MAX,
+            Some(_) => {
+                let declared = instance
+                    .get_typed_func::<(), i32>(&mut store, exports::REQUEST_FIELDS)
+                    .map_err(|_| {
+                        LoadError::new(format!(
+                            "export `{}` must be a function () -> i32",
+                            exports::REQUEST_FIELDS
+                        ))
+                    })?;
+                arm(&mut store, limits).map_err(|f| phase(exports::REQUEST_FIELDS, f))?;
+                declared
+                    .call(&mut store, ())
+                    .map_err(|e| phase(exports::REQUEST_FIELDS, failure(&store, e, limits)))?
+                    as u32
+            }
+        };
 
         let mut channel = Channel {
             store,
@@ -658,7 +688,11 @@ impl Guest {
                 ))
             })?;
         match answer {
-            Configured::Ok => Ok(Guest { channel, evaluate }),
+            Configured::Ok => Ok(Guest {
+                channel,
+                evaluate,
+                fields,
+            }),
             Configured::Rejected(message) => Err(LoadError::new(format!(
                 "policy rejected its settings: {}",
                 one_line(&message, MAX_GUEST_TEXT_CHARS)

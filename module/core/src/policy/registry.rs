@@ -180,6 +180,14 @@ impl Registry {
         self.entries.is_empty()
     }
 
+    /// Does any policy that applies to `key` read `caller.user`? If none
+    /// does, the host can leave it empty and save the lookup.
+    pub fn reads_caller_user(&self, key: &[u8]) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.policy.reads_caller_user() && glob_match(&e.policy.spec().keys, key))
+    }
+
     /// The installed policies with their counters, in load order.
     pub fn list(&self) -> Vec<PolicyInfo> {
         self.entries

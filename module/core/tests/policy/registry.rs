@@ -350,3 +350,56 @@ fn policies_compile_on_one_thread_and_run_on_another() {
     let mut registry = registry(vec![compiled]);
     assert_eq!(verdict(&mut registry, b"k"), Ok(Some(77)));
 }
+
+/// `lockwarden_request_fields` as a WAT function returning `fields`.
+fn declaring(fields: &str) -> Guest {
+    let mut guest = Guest::allow();
+    guest.extra = format!(r#"(func (export "lockwarden_request_fields") (result i32) {fields})"#);
+    guest
+}
+
+#[test]
+fn policies_declare_whether_they_read_the_caller_user() {
+    // Without the export a policy reads everything; with it, what it says.
+    assert!(enforce(Guest::allow(), "silent").reads_caller_user());
+    assert!(enforce(declaring("(i32.const 1)"), "user").reads_caller_user());
+    assert!(!enforce(declaring("(i32.const 0)"), "none").reads_caller_user());
+    // Bits this host does not know are ignored.
+    assert!(!enforce(declaring("(i32.const -2)"), "future").reads_caller_user());
+
+    // The registry asks for the user only if a policy on the key reads it.
+    let registry = registry(vec![
+        compile(declaring("(i32.const 0)"), "all-keys", b"*", Mode::Enforce),
+        compile(Guest::allow(), "users", b"u:*", Mode::Audit),
+    ]);
+    assert!(!registry.reads_caller_user(b"k:1"));
+    assert!(registry.reads_caller_user(b"u:1"));
+}
+
+#[test]
+fn an_ill_typed_request_fields_export_is_refused() {
+    let mut guest = Guest::allow();
+    guest.extra =
+        r#"(func (export "lockwarden_request_fields") (param i32) (result i32) (local.get 0))"#
+            .into();
+    let err = engine()
+        .compile(guest.spec("bad"), MAX_MODULE, LIMITS)
+        .err()
+        .expect("refused");
+    assert_eq!(
+        err.message(),
+        "export `lockwarden_request_fields` must be a function () -> i32"
+    );
+    // One that traps fails the load like any other phase.
+    let trapping = declaring("(unreachable)");
+    let err = engine()
+        .compile(trapping.spec("trap"), MAX_MODULE, LIMITS)
+        .err()
+        .expect("refused");
+    assert!(
+        err.message()
+            .starts_with("lockwarden_request_fields failed: trap"),
+        "{}",
+        err.message()
+    );
+}
