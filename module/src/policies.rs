@@ -6,9 +6,9 @@
 //! `LOCK.POLICY LOAD ... REPLACE`), saved in the RDB aux field, and written to
 //! the AOF again whenever it is rewritten (see [`reemit_after_fork`]), so
 //! replicas, restarts and failovers keep them. Compilation runs on a
-//! background thread when the client can be blocked, so a large module never
-//! stalls the event loop; from the replication stream, the AOF or inside
-//! MULTI it runs inline.
+//! background thread, so a large module never stalls the event loop; from
+//! the replication stream or the AOF it runs inline (in stream order), and
+//! inside MULTI a load is refused.
 
 use crate::config::{self, Id};
 use crate::ffi::{self, Call, Ctx, Key, OwnedString, RString, Slot, api, reply};

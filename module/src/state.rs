@@ -1,5 +1,6 @@
 //! Node-wide state owned by the Redis main thread: the token clock, the
-//! process incarnation and (later) the policy registry and waiter queues.
+//! process incarnation, the node's role and the own-write flag. (The policy
+//! registry and the waiter queues live in `policies.rs` and `waiters.rs`.)
 //!
 //! Redis calls module commands, timers, events and most type callbacks on its
 //! main thread, one at a time. [`MainThread`] encodes that contract; values

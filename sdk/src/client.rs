@@ -192,7 +192,12 @@ impl LockClient {
         cmd.arg(key).arg(owner).arg(ms(opts.ttl));
         if let Some(wait) = opts.wait {
             cmd.arg("WAIT")
-                .arg(if wait.is_zero() { 0 } else { ms(wait) });
+                // Longer than the server accepts is as good as forever.
+                .arg(if wait.is_zero() {
+                    0
+                } else {
+                    ms(wait).min(crate::MAX_WAIT_MS)
+                });
             // The server answers at the latest when the wait ends.
             conn.set_read_timeout(
                 (!wait.is_zero()).then(|| wait.saturating_add(Duration::from_secs(5))),

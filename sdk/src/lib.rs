@@ -19,6 +19,11 @@ pub mod policy;
 pub mod client;
 
 pub use abi::{Caller, Decision, Holder, Operation, Request};
+
+/// The longest `LOCK.ACQUIRE ... WAIT` timeout the server accepts, in ms
+/// (2^40, some 34 years): the server's timers add it to the current time in
+/// microseconds, which must not overflow.
+pub const MAX_WAIT_MS: u64 = 1 << 40;
 pub use glob::glob_match;
 #[cfg(feature = "policy")]
 pub use policy::Policy;

@@ -176,11 +176,42 @@ fn high_water_scenario(flavor: Flavor, mode: Persist) {
             // BGREWRITEAOF is not a write: it runs during the pause, when
             // nothing may be propagated; the node-wide state follows it
             // into the new AOF when the pause ends.
-            assert_eq!(s.cmd_text(&["CLIENT", "PAUSE", "1000", "WRITE"]), "OK");
             let paused_at = std::time::Instant::now();
+            assert_eq!(s.cmd_text(&["CLIENT", "PAUSE", "1000", "WRITE"]), "OK");
             rewrite_aof(&s, TIMEOUT);
+            assert!(
+                paused_at.elapsed() < Duration::from_millis(1000),
+                "the rewrite ended after the pause"
+            );
             assert_eq!(s.cmd_text(&["PING"]), "PONG");
-            std::thread::sleep(Duration::from_millis(1300).saturating_sub(paused_at.elapsed()));
+            // Once the pause ends, the high-water mark reaches the new AOF:
+            // its incremental files (`type i` in the manifest; the ones
+            // from before the rewrite are history, `type h`).
+            let incr_files = || {
+                let dir = s.dir().join("appendonlydir");
+                let manifest = std::fs::read_dir(&dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .find(|e| e.file_name().to_string_lossy().ends_with(".manifest"))
+                    .and_then(|e| std::fs::read_to_string(e.path()).ok())
+                    .unwrap_or_default();
+                manifest
+                    .lines()
+                    .filter(|l| l.ends_with(" type i"))
+                    .filter_map(|l| l.split_whitespace().nth(1))
+                    .map(|f| std::fs::read(dir.join(f)).unwrap_or_default())
+                    .collect::<Vec<_>>()
+            };
+            wait_until("LOCK._HIGHWATER in the incremental AOF", TIMEOUT, || {
+                incr_files()
+                    .iter()
+                    .any(|f| f.windows(15).any(|w| w == b"LOCK._HIGHWATER"))
+            });
+            assert!(
+                paused_at.elapsed() >= Duration::from_millis(990),
+                "written during the pause"
+            );
             s.restart_after_kill();
         }
     }

@@ -243,10 +243,13 @@ for_each_flavor! {
         assert_eq!((info.token, info.acquired_at, info.extensions), (t, ahead, 1));
         assert!(info.ttl <= 30000, "{info:?}");
 
+        let before = digest(p, "skew");
         for s in [p, r] {
             assert_eq!(s.cmd_text(&["DEBUG", "RELOAD"]), "OK");
             assert!(s.is_running());
             assert_eq!(held(s, "skew").lease_fields(), info.lease_fields());
+            assert_eq!(digest(s, "skew"), before, "the lease changed in the reload");
+            assert!(held(s, "skew").ttl <= 30000);
         }
         // A full sync carries it too.
         assert_eq!(r.cmd_text(&["REPLICAOF", "NO", "ONE"]), "OK");
@@ -254,6 +257,7 @@ for_each_flavor! {
         assert_eq!(r.cmd_text(&["REPLICAOF", "127.0.0.1", &p.port().to_string()]), "OK");
         wait_for_sync(p, r);
         assert_same(&pair, "skew");
+        assert_eq!(digest(r, "skew"), before);
     }
 
     /// After promotion, the promoted replica knows every token the old

@@ -238,16 +238,18 @@ for_each_flavor! {
     fn watchdog_follows_a_clamped_renewal(flavor: Flavor) {
         let server = Server::start(flavor);
         let locks = client(&server);
-        // First period: 1 s.
-        let opts = Options::new(Duration::from_millis(3000)).watchdog();
+        // First period: 3 s; after the clamp to 2.4 s, 0.8 s.
+        let opts = Options::new(Duration::from_millis(9000)).watchdog();
         let guard = locks.acquire("cl", "me", &opts).unwrap().unwrap();
         assert_eq!(server.cmd_text(&["CONFIG", "SET", "lockwarden.clamp-ttl", "yes"]), "OK");
-        assert_eq!(server.cmd_text(&["CONFIG", "SET", "lockwarden.max-ttl-ms", "600"]), "OK");
+        assert_eq!(server.cmd_text(&["CONFIG", "SET", "lockwarden.max-ttl-ms", "2400"]), "OK");
         wait_until("a clamped renewal", TIMEOUT, || {
-            lock_fields(&server, "cl").is_some_and(|i| i["ttl"].parse::<i64>().unwrap() <= 600)
+            lock_fields(&server, "cl").is_some_and(|i| i["ttl"].parse::<i64>().unwrap() <= 2400)
         });
+        // Without the shorter period the lease would run out 2.4 s after the
+        // clamped renewal, before the next one at 3 s.
         let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(3) {
+        while started.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(100));
             assert!(lock_fields(&server, "cl").is_some(), "the lock expired under the watchdog");
             assert!(!guard.loss().is_lost(), "loss: {:?}", guard.loss().reason());
@@ -269,7 +271,8 @@ for_each_flavor! {
         let overwritten = Instant::now();
         let reason = first.recv_timeout(TIMEOUT).expect("loss on the first channel");
         assert!(matches!(&reason, LossReason::NotHeld(m) if m.starts_with("WRONGTYPE")), "{reason:?}");
-        assert!(overwritten.elapsed() < Duration::from_millis(1000 + 600), "reported {:?} later", overwritten.elapsed());
+        // At the next renewal (1 s), not when the 3 s lease would run out.
+        assert!(overwritten.elapsed() < Duration::from_millis(2500), "reported {:?} later", overwritten.elapsed());
         assert_eq!(second.recv_timeout(TIMEOUT).expect("loss on the second channel"), reason);
         assert_eq!(guard.loss().channel().recv_timeout(TIMEOUT).expect("a channel made after the loss"), reason);
         drop(guard);

@@ -340,14 +340,17 @@ for_each_flavor! {
         let (p, r) = (&pair.primary, &pair.replica);
         let (mut holder, _, _) = held_client(p, "LOCK.ACQUIRE paused me 60000 SESSION");
         pair.wait_for_offset();
-        assert_eq!(p.cmd_text(&["CLIENT", "PAUSE", "1500", "WRITE"]), "OK");
         let paused_at = Instant::now();
+        assert_eq!(p.cmd_text(&["CLIENT", "PAUSE", "1500", "WRITE"]), "OK");
         holder.kill();
-        std::thread::sleep(Duration::from_millis(500));
+        // The server has seen the disconnect (LOCK.INFO reads during a pause).
+        wait_until("the holder's disconnect", TIMEOUT, || lock_field(p, "paused", "client-connected") == 0);
+        assert!(paused_at.elapsed() < Duration::from_millis(1400), "too slow to test inside the pause");
+        std::thread::sleep(Duration::from_millis(100));
         assert_eq!(p.cmd_text(&["PING"]), "PONG");
         assert_eq!(lock_field(p, "paused", "session"), 1, "released during the pause");
         let took = wait_released(p, "paused", paused_at);
-        assert!(took >= Duration::from_millis(1400), "released {took:?} into a 1.5 s pause");
+        assert!(took >= Duration::from_millis(1490), "released {took:?} into a 1.5 s pause");
         assert!(took < Duration::from_secs(5), "released {took:?} after the pause began");
         pair.wait_for_offset();
         assert_eq!(r.cmd_text(&["EXISTS", "paused"]), "0");
@@ -383,7 +386,9 @@ for_each_flavor! {
         assert_eq!(old.cmd_text(&["REPLICAOF", "127.0.0.1", &new.port().to_string()]), "OK");
         wait_for_sync(new, old);
         holder.kill();
-        std::thread::sleep(Duration::from_millis(500));
+        wait_until("the holder's disconnect", TIMEOUT, || lock_field(old, "demoted", "client-connected") == 0);
+        // A release would run from a timer right after the disconnect.
+        std::thread::sleep(Duration::from_millis(300));
         assert_eq!(lock_field(old, "demoted", "token"), token as i64, "the demoted node released it");
         assert_eq!(lock_field(new, "demoted", "token"), token as i64);
         wait_for_offset(new, old);

@@ -312,17 +312,26 @@ for_each_flavor! {
     fn handoff_waits_out_a_write_pause(flavor: Flavor) {
         let pair = ReplicaPair::start(flavor, |b| b.arg("appendonly", "yes"));
         let (p, r) = (&pair.primary, &pair.replica);
-        acquire(p, "pz", "holder", 300).unwrap();
+        acquire(p, "pz", "holder", 30_000).unwrap();
         let mut w = Pending::spawn(p, &["LOCK.ACQUIRE", "pz", "heir", "30000", "WAIT", "20000"]);
         wait_until("the waiter is queued", TIMEOUT, || lw_stat(p, "waiters") == 1);
-        assert_eq!(p.cmd_text(&["CLIENT", "PAUSE", "1500", "WRITE"]), "OK");
+        // The holder shortens its lease to 300 ms and writes are paused for
+        // 1.5 s, microseconds apart (one pipeline): the deadline passes
+        // inside the pause whatever the machine's speed.
         let paused_at = Instant::now();
+        let (retry, paused): (Value, Value) = redis::pipe()
+            .cmd("LOCK.ACQUIRE").arg("pz").arg("holder").arg("300")
+            .cmd("CLIENT").arg("PAUSE").arg("1500").arg("WRITE")
+            .query(&mut p.client())
+            .expect("retry and pause");
+        assert!(grant(&retry).is_some(), "{retry:?}");
+        assert_eq!(paused, Value::Okay);
         std::thread::sleep(Duration::from_millis(700));
         assert_eq!(p.cmd_text(&["PING"]), "PONG");
         assert!(w.is_pending(), "granted during the write pause");
         let (reply, at) = w.wait(TIMEOUT);
         let (token, _) = grant(&reply).expect("granted after the pause");
-        assert!(at >= paused_at + Duration::from_millis(1400), "granted {:?} into a 1.5 s pause", at - paused_at);
+        assert!(at >= paused_at + Duration::from_millis(1490), "granted {:?} into a 1.5 s pause", at - paused_at);
         assert_eq!(owner_of(p, "pz").as_deref(), Some("heir"));
         pair.wait_for_offset();
         assert_eq!(lock_field(r, "pz", "token"), token as i64);

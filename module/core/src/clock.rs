@@ -9,7 +9,8 @@
 //!   whatever its clock does.
 //! * The wall-clock term makes tokens issued by a node that knows nothing of
 //!   the last grants (a replica promoted after the old primary lost its tail, a
-//!   server restarted from an AOF rewritten while no lock was held) larger than
+//!   server restarted from an AOF that lost its last writes under
+//!   `appendfsync everysec`) larger than
 //!   tokens issued before, as long as its clock is ahead of the clock that
 //!   issued them. With at most 2^10 = 1024 grants per millisecond per node
 //!   (Redis serves a few hundred commands per millisecond), tokens issued at
@@ -24,7 +25,7 @@
 //!   A clock whose high-water mark reached the maximum issues nothing more
 //!   ([`TokenClock::issue`] returns `None`, the command fails): only a forged
 //!   lease (`RESTORE` of a crafted payload) can get there, since wall time
-//!   reaches it only in the year 285 million.
+//!   reaches it only around the year 287,000.
 
 /// Bits of per-millisecond sequence space below the wall-clock term.
 pub const WALL_SHIFT: u32 = 10;

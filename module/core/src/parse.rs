@@ -149,9 +149,7 @@ fn non_negative(arg: &[u8], what: &str) -> Result<u64, LockError> {
     }
 }
 
-/// The longest `WAIT` (2^40 ms, some 34 years): the server's timers add it
-/// to the current time in microseconds, which must not overflow.
-pub const MAX_WAIT_MS: u64 = 1 << 40;
+use lockwarden_sdk::MAX_WAIT_MS;
 
 fn wait_timeout(arg: &[u8]) -> Result<u64, LockError> {
     match parse_u64(arg) {

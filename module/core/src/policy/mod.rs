@@ -1,8 +1,9 @@
 //! The WebAssembly policy host.
 //!
 //! A policy is a core Wasm module speaking the ABI of
-//! [`lockwarden_sdk::abi`]: no imports, a linear memory and four exported
-//! functions. The host runs inside `redis-server` on its main thread, so
+//! [`lockwarden_sdk::abi`]: no imports, a linear memory, four exported
+//! functions and an optional fifth (`lockwarden_request_fields`, the optional
+//! request fields it reads). The host runs inside `redis-server` on its main thread, so
 //! nothing a policy does may crash or hang the server:
 //!
 //! * the engine never installs signal handlers (traps are detected by explicit
@@ -16,13 +17,15 @@
 //! The life of a policy:
 //!
 //! 1. [`PolicyEngine::compile`] (may run on a background thread) checks and
-//!    compiles the module, instantiates it once, checks its ABI version and
-//!    configures it with its settings, giving a [`CompiledPolicy`] or a
-//!    [`LoadError`].
+//!    compiles the module, instantiates it once, checks its ABI version, asks
+//!    which optional request fields it reads and configures it with its
+//!    settings, giving a [`CompiledPolicy`] or a [`LoadError`].
 //! 2. [`Registry::install`] (main thread) makes it live, in load order.
 //! 3. [`Registry::evaluate`] asks every policy whose key glob matches, reusing
 //!    the same instance call after call. After a failure the instance is
-//!    rebuilt from the compiled module and the stored settings.
+//!    rebuilt from the compiled module and the stored settings; if that
+//!    fails, the policy is broken and the rebuild is retried at most once a
+//!    second.
 //!
 //! [`PolicyRunner`] and the `lockwarden-policy` command-line tool run a policy
 //! through the same code outside Redis, for policy authors.
