@@ -14,6 +14,9 @@ DEFAULT_POLICY          ?= max-ttl
 DEFAULT_POLICY_SETTINGS ?= {"default_ms":30000,"prefixes":[{"prefix":"batch:","max_ms":60000}],"action":"clamp"}
 
 .PHONY: deps build module policies run test test-unit test-integration test-faults bench lint fmt clean
+# One step at a time, also under `make -j`: the suites start servers and
+# measure time on a small machine, and every step needs `deps` first.
+.NOTPARALLEL:
 
 TEST_ENV := LOCKWARDEN_MODULE=$(CURDIR)/$(MODULE) LOCKWARDEN_POLICIES=$(CURDIR)/$(POLICY_DIR)
 
@@ -22,11 +25,11 @@ deps:
 
 build: deps module policies
 
-module:
+module: deps
 	$(CARGO) build --release -p lockwarden
 	@test -f $(MODULE) && echo "module: $(MODULE)"
 
-policies:
+policies: deps
 	$(CARGO) build --profile wasm --target $(WASM_TARGET) $(addprefix -p policy-,$(POLICIES))
 	@mkdir -p $(POLICY_DIR)
 	@for p in $(POLICIES); do \
@@ -48,7 +51,7 @@ run: build
 test: build lint test-unit test-integration test-faults
 
 # Unit, property and doc tests of every crate except the integration suite.
-test-unit:
+test-unit: deps
 	$(CARGO) test --release --workspace --exclude lockwarden-tests
 
 test-integration: build
@@ -66,7 +69,7 @@ bench: build
 	$(TEST_ENV) $(CARGO) run --release -p lockwarden-benches --bin loadcompare
 	$(TEST_ENV) $(CARGO) run --release -p lockwarden-benches --bin waitcompare
 
-lint:
+lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets --all-features -- -D warnings
 

@@ -4,31 +4,51 @@
 set -euo pipefail
 
 SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+if [ "$(id -u)" -ne 0 ]; then
+  if ! command -v sudo >/dev/null 2>&1; then
+    echo "install-deps: run as root, or install sudo" >&2
+    exit 1
+  fi
+  SUDO="sudo"
+fi
 
+is_installed() {
+  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+}
+
+# gcc builds the fault suite's clock shim; clang/libclang-dev serve bindgen.
 missing=()
-for pkg in libclang-dev clang redis-server redis-tools; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+for pkg in libclang-dev clang gcc redis-server redis-tools; do
+  is_installed "$pkg" || missing+=("$pkg")
 done
+# A Python 3 with pip for the redis-py test (any python3 on PATH will do).
+if ! command -v python3 >/dev/null 2>&1; then
+  missing+=(python3 python3-pip)
+elif ! python3 -m pip --version >/dev/null 2>&1; then
+  missing+=(python3-pip)
+fi
 need_valkey=0
-dpkg-query -W -f='${Status}' valkey-server 2>/dev/null | grep -q "install ok installed" || need_valkey=1
+is_installed valkey-server || need_valkey=1
 
-if [ "$need_valkey" -eq 1 ] && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+if [ "$need_valkey" -eq 1 ] && ! grep -rqsE '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
   echo "install-deps: adding the bookworm-backports suite"
   printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
     | $SUDO tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
 fi
 
+apt_install() {
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
 if [ "${#missing[@]}" -gt 0 ] || [ "$need_valkey" -eq 1 ]; then
   $SUDO apt-get update -qq
-  export DEBIAN_FRONTEND=noninteractive
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "install-deps: installing ${missing[*]}"
-    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    apt_install "${missing[@]}"
   fi
   if [ "$need_valkey" -eq 1 ]; then
     echo "install-deps: installing valkey-server from bookworm-backports"
-    $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports valkey-server
+    apt_install -t bookworm-backports valkey-server
   fi
   # The packaged services are not wanted: tests and `make run` start their own servers.
   for svc in redis-server valkey-server; do
@@ -37,12 +57,28 @@ if [ "${#missing[@]}" -gt 0 ] || [ "$need_valkey" -eq 1 ]; then
   done
 fi
 
+# The Rust pieces: the Wasm target for the policies, rustfmt and clippy for
+# `make lint`. rustup downloads them if they are missing (from
+# static.rust-lang.org); say so clearly if that is not possible.
+rust_need() {
+  echo "install-deps: $1 is missing and could not be installed; install it with: $2" >&2
+  exit 1
+}
 if ! rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown; then
   echo "install-deps: adding the wasm32-unknown-unknown target"
-  rustup target add wasm32-unknown-unknown
+  rustup target add wasm32-unknown-unknown || rust_need "the wasm32-unknown-unknown target" "rustup target add wasm32-unknown-unknown"
 fi
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    echo "install-deps: adding $component"
+    rustup component add "$component" || rust_need "$component" "rustup component add $component"
+  fi
+done
 
-if ! python3 -c 'import redis' >/dev/null 2>&1; then
+# redis-py 5 or later (the test speaks RESP3). Debian's system Python refuses
+# plain `pip install` (externally managed): then install for this user.
+if ! python3 -c 'import redis, sys; sys.exit(int(redis.__version__.split(".")[0]) < 5)' >/dev/null 2>&1; then
   echo "install-deps: installing redis-py"
-  python3 -m pip install --quiet 'redis>=5,<6'
+  python3 -m pip install --quiet 'redis>=5,<6' 2>/dev/null \
+    || python3 -m pip install --quiet --user --break-system-packages 'redis>=5,<6'
 fi
