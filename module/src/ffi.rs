@@ -203,13 +203,10 @@ pub fn start_timer(
     data: *mut c_void,
 ) -> u64 {
     let ctx = TIMER_CTX.load(std::sync::atomic::Ordering::Relaxed);
-    api!(
-        RedisModule_CreateTimer,
-        ctx,
-        delay_ms.max(0),
-        Some(cb),
-        data
-    )
+    // Redis adds the delay, in microseconds, to the current time: keep it
+    // far from overflowing (a later timer re-arms if need be).
+    let delay = delay_ms.clamp(0, lockwarden_sdk::MAX_WAIT_MS as i64);
+    api!(RedisModule_CreateTimer, ctx, delay, Some(cb), data)
 }
 
 /// Stops a timer that has not fired; returns its data pointer.

@@ -5,7 +5,10 @@ use crate::{state, stats, waiters};
 use redis_module::raw;
 use std::ffi::{CString, c_int};
 
-unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: c_int) {
+/// Also called by Redis's crash handler, possibly on another thread than
+/// the main one: then only the atomic counters are reported (the waiter
+/// queues, histograms and token clock belong to the main thread).
+unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, for_crash_report: c_int) {
     ffi::guard("info", (), || {
         api!(RedisModule_InfoAddSection, ctx, c"".as_ptr());
         let field = |name: &str, v: u64| {
@@ -32,7 +35,10 @@ unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: 
         ] {
             field(name, counter.get());
         }
-        field("waiters", waiters::total() as u64);
+        let main_thread = for_crash_report == 0;
+        if main_thread {
+            field("waiters", waiters::total() as u64);
+        }
         for (name, counter) in [
             ("handoffs", &stats::HANDOFFS),
             ("wait_timeouts", &stats::WAIT_TIMEOUTS),
@@ -40,6 +46,9 @@ unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: 
             ("grants_revoked", &stats::GRANTS_REVOKED),
         ] {
             field(name, counter.get());
+        }
+        if !main_thread {
+            return;
         }
         let (p50, p99, max) = stats::wait_us();
         field("wait_p50_us", p50);

@@ -39,11 +39,18 @@ static ALLOCATOR: alloc::RedisAllocator = alloc::RedisAllocator;
 /// `major * 10000 + minor * 100 + patch`, as `MODULE LIST` shows it.
 const MODULE_VERSION: c_int = 100;
 
+/// The policy the module arguments name: its file and its `policy-*`
+/// options (`NAME`, then option/value pairs).
+struct StartupPolicy<'a> {
+    file: String,
+    options: Vec<&'a [u8]>,
+}
+
 /// Applies module load arguments: `name value` pairs naming settings
 /// (`max-ttl-ms 30000`, with or without the `lockwarden.` prefix), or
 /// describing a policy to load at start-up (`policy-name`, `policy-file`,
 /// `policy-keys`, `policy-mode`, `policy-config`). Returns that policy.
-fn apply_load_args(args: &[&[u8]]) -> Result<Option<PolicySpec>, String> {
+fn apply_load_args<'a>(args: &[&'a [u8]]) -> Result<Option<StartupPolicy<'a>>, String> {
     if !args.len().is_multiple_of(2) {
         return Err("module arguments must be name/value pairs".into());
     }
@@ -55,7 +62,12 @@ fn apply_load_args(args: &[&[u8]]) -> Result<Option<PolicySpec>, String> {
         match name.strip_prefix("policy-") {
             Some("file") => file = Some(String::from_utf8_lossy(value).into_owned()),
             Some(option @ ("name" | "keys" | "mode" | "config")) => {
-                policy.push(if option == "name" { b"NAME" } else { pair[0] });
+                policy.push(match option {
+                    "name" => b"NAME",
+                    "keys" => b"KEYS",
+                    "mode" => b"MODE",
+                    _ => b"CONFIG",
+                });
                 policy.push(value);
             }
             _ => {
@@ -65,15 +77,23 @@ fn apply_load_args(args: &[&[u8]]) -> Result<Option<PolicySpec>, String> {
             }
         }
     }
-    let Some(file) = file else {
-        return match policy.is_empty() {
-            true => Ok(None),
-            false => Err("policy-* arguments need policy-file".into()),
-        };
-    };
+    match file {
+        Some(file) => Ok(Some(StartupPolicy {
+            file,
+            options: policy,
+        })),
+        None if policy.is_empty() => Ok(None),
+        None => Err("policy-* arguments need policy-file".into()),
+    }
+}
+
+/// Reads and parses the start-up policy (after the configs are loaded, so
+/// that `lockwarden.policy-max-module-kb` from redis.conf applies).
+fn read_startup_policy(p: &StartupPolicy<'_>) -> Result<PolicySpec, String> {
+    let file = &p.file;
     // The size first: a wrong path to a huge file must not be read whole.
     let max = config::get(config::Id::PolicyMaxModuleKb) as u64 * 1024;
-    let size = std::fs::metadata(&file)
+    let size = std::fs::metadata(file)
         .map_err(|e| format!("cannot read policy-file {file}: {e}"))?
         .len();
     if size > max {
@@ -81,35 +101,27 @@ fn apply_load_args(args: &[&[u8]]) -> Result<Option<PolicySpec>, String> {
             "policy-file {file} is {size} bytes; lockwarden.policy-max-module-kb allows {max}"
         ));
     }
-    let wasm = std::fs::read(&file).map_err(|e| format!("cannot read policy-file {file}: {e}"))?;
+    let wasm = std::fs::read(file).map_err(|e| format!("cannot read policy-file {file}: {e}"))?;
     // Reuse the LOCK.POLICY LOAD parser: NAME first, options, WASM last.
     let mut words: Vec<&[u8]> = Vec::new();
     let mut name: &[u8] = b"default";
-    for pair in policy.chunks(2) {
+    for pair in p.options.chunks(2) {
         match pair[0] {
             b"NAME" => name = pair[1],
-            option => {
-                let option = option.strip_prefix(b"policy-").unwrap_or(option);
-                words.push(if option.eq_ignore_ascii_case(b"config") {
-                    b"CONFIG"
-                } else {
-                    option
-                });
-                words.push(pair[1]);
-            }
+            option => words.extend([option, pair[1]]),
         }
     }
     words.insert(0, name);
     words.push(b"WASM");
     words.push(&wasm);
     let req = lockwarden_core::parse::policy_load(&words).map_err(|e| e.to_string())?;
-    Ok(Some(PolicySpec {
+    Ok(PolicySpec {
         name: String::from_utf8_lossy(req.name).into_owned(),
         keys: req.keys.to_vec(),
         mode: req.mode,
         settings: req.settings.to_vec(),
         wasm: req.wasm.to_vec(),
-    }))
+    })
 }
 
 fn load(ctx: *mut ffi::Ctx, argv: *mut *mut ffi::RString, argc: c_int) -> Result<(), String> {
@@ -132,18 +144,22 @@ fn load(ctx: *mut ffi::Ctx, argv: *mut *mut ffi::RString, argc: c_int) -> Result
         .map(|i| unsafe { ffi::bytes(*argv.add(i)) })
         .collect();
     let startup_policy = apply_load_args(&args)?;
+    // Everything that can fail comes before what Redis does not undo when
+    // OnLoad fails (a `MODULE LOAD` at runtime): the data type, the server
+    // event and keyspace subscriptions, the timer context. (Configs and
+    // commands it does remove.)
+    config::register(ctx)?;
+    policies::init()?;
+    if let Some(p) = &startup_policy {
+        policies::load_at_startup(read_startup_policy(p)?)?;
+    }
+    table::register(ctx)?;
+    info::register(ctx)?;
     lease_type::LEASE_TYPE
         .create_data_type(ctx)
         .map_err(|e| format!("could not create the lock data type: {e}"))?;
-    table::register(ctx)?;
-    config::register(ctx)?;
-    info::register(ctx)?;
     events::register(ctx)?;
     ffi::init_timer_ctx(ctx);
-    policies::init()?;
-    if let Some(spec) = startup_policy {
-        policies::load_at_startup(spec)?;
-    }
     tracing::info!(
         "lockwarden {} loaded (max-ttl-ms {}, clamp-ttl {})",
         env!("CARGO_PKG_VERSION"),

@@ -68,13 +68,23 @@ pub unsafe extern "C" fn aux_load(
         let incarnation = api!(RedisModule_LoadUnsigned, rdb);
         let mut len = 0usize;
         let specs = api!(RedisModule_LoadStringBuffer, rdb, &mut len);
-        if api!(RedisModule_IsIOError, rdb) != 0 || version != AUX_V1 || specs.is_null() {
-            tracing::warn!("cannot load lockwarden aux data (version {version})");
-            return raw::REDISMODULE_ERR as c_int;
-        }
-        if high_water > lockwarden_core::clock::MAX_TOKEN {
-            tracing::warn!("corrupt lockwarden aux data: high-water token {high_water}");
-            api!(RedisModule_Free, specs.cast());
+        let refused =
+            if api!(RedisModule_IsIOError, rdb) != 0 || version != AUX_V1 || specs.is_null() {
+                Some(format!(
+                    "cannot load lockwarden aux data (version {version})"
+                ))
+            } else if high_water > lockwarden_core::clock::MAX_TOKEN {
+                Some(format!(
+                    "corrupt lockwarden aux data: high-water token {high_water}"
+                ))
+            } else {
+                None
+            };
+        if let Some(why) = refused {
+            tracing::warn!("{why}");
+            if !specs.is_null() {
+                api!(RedisModule_Free, specs.cast());
+            }
             return raw::REDISMODULE_ERR as c_int;
         }
         state::observe_token(high_water);

@@ -507,11 +507,11 @@ fn is_startup(name: &str) -> bool {
 /// Loads the policy named by module arguments at start-up.
 pub fn load_at_startup(spec: PolicySpec) -> Result<(), String> {
     let name = spec.name.clone();
-    *STARTUP_POLICY.get().borrow_mut() = Some(name.clone());
     let policy = engine()
         .compile(spec, max_module_bytes(), limits())
         .map_err(|e| format!("policy {name}: {e}"))?;
     with(|r| r.install(policy, true)).map_err(|e| e.to_string())?;
+    *STARTUP_POLICY.get().borrow_mut() = Some(name.clone());
     tracing::info!("policy {name} loaded from the module arguments");
     Ok(())
 }

@@ -149,7 +149,7 @@ pub fn block(
         q.timer.is_none()
     });
     if needs_timer {
-        arm(&lk, holder_deadline_ms + 1 - ffi::command_now_ms());
+        arm(&lk, until_after(holder_deadline_ms, ffi::command_now_ms()));
     }
 }
 
@@ -231,6 +231,11 @@ fn cancel(timer: u64) {
     }
 }
 
+/// Milliseconds from `now_ms` until just after `deadline_ms`.
+fn until_after(deadline_ms: i64, now_ms: i64) -> i64 {
+    deadline_ms.saturating_add(1).saturating_sub(now_ms)
+}
+
 /// (Re)arms the queue's timer to serve it after `delay_ms`. A queue without
 /// waiters has no timer.
 fn arm(lk: &LockKey, delay_ms: i64) {
@@ -258,7 +263,7 @@ pub fn schedule(lk: &LockKey) {
 /// The holder's deadline moved (an extension, shorter or longer): serve
 /// the queue right after the new deadline.
 pub fn deadline_moved(lk: &LockKey, deadline_ms: i64, now_ms: i64) {
-    arm(lk, deadline_ms + 1 - now_ms);
+    arm(lk, until_after(deadline_ms, now_ms));
 }
 
 /// Hands the lock `lk` (whose name is `name`, in the context's selected
@@ -277,7 +282,7 @@ pub fn serve(ctx: *mut Ctx, lk: &LockKey, name: *mut RString) {
                 return;
             }
             Slot::Ours(l) if l.is_live(now) => {
-                let wait = l.deadline_ms + 1 - now;
+                let wait = until_after(l.deadline_ms, now);
                 drop(key);
                 arm(lk, wait);
                 return;

@@ -156,6 +156,40 @@ for_each_flavor! {
     }
 
     /// An unknown module argument is refused at load, naming it.
+    /// A `MODULE LOAD` at runtime that fails (here: a start-up policy file
+    /// that does not exist) leaves nothing behind that Redis does not undo:
+    /// no event subscription of the unloaded module fires on a disconnect,
+    /// a flush, a fork or an expiry afterwards (that would run freed code).
+    /// Upper-case policy options work like lower-case ones.
+    fn failed_module_load_leaves_nothing_behind(flavor: Flavor) {
+        let s = Server::builder(flavor)
+            .without_module()
+            .arg("enable-module-command", "yes")
+            .start();
+        let module = module_path();
+        let module = module.to_str().unwrap();
+        let reply = s.cmd_text(&["MODULE", "LOAD", module, "POLICY-KEYS", "a:*", "policy-file", "/nonexistent/p.wasm"]);
+        assert!(reply.starts_with("(error) ERR Error loading the extension"), "{reply}");
+        assert!(s.log().contains("cannot read policy-file /nonexistent/p.wasm"), "the reason is logged");
+        assert!(!s.cmd_text(&["MODULE", "LIST"]).contains("lockwarden"));
+        drop(s.client());
+        assert_eq!(s.cmd_text(&["SET", "k", "v", "PX", "20"]), "OK");
+        assert_eq!(s.cmd_text(&["FLUSHALL"]), "OK");
+        assert_eq!(s.cmd_text(&["SET", "k", "v", "PX", "20"]), "OK");
+        wait_until("the key expires", TIMEOUT, || s.cmd_text(&["EXISTS", "k"]) == "0");
+        assert_eq!(s.cmd_text(&["BGSAVE"]), "Background saving started");
+        wait_persistence_idle(&s, TIMEOUT);
+        assert!(s.is_running());
+        // The same load with a real policy file succeeds.
+        let policy = policy_path("max-ttl");
+        let reply = s.cmd_text(&[
+            "MODULE", "LOAD", module, "POLICY-KEYS", "a:*", "policy-file", policy.to_str().unwrap(),
+            "Policy-Config", r#"{"default_ms":30000}"#,
+        ]);
+        assert_eq!(reply, "OK");
+        assert!(s.cmd_text(&["LOCK.POLICY", "LIST"]).contains("a:*"), "{}", s.cmd_text(&["LOCK.POLICY", "LIST"]));
+    }
+
     fn unknown_module_argument_refuses_to_load(flavor: Flavor) {
         let builder = Server::builder(flavor).module_arg("max-tll-ms", "1000");
         let failure = std::panic::catch_unwind(move || builder.start()).expect_err("loaded anyway");

@@ -69,7 +69,7 @@ pub enum DecodeError {
     BadToken,
     /// An owner that is empty or longer than [`MAX_OWNER_LEN`].
     BadOwner,
-    /// A time that is not a number.
+    /// A time that is not a number, or beyond ±2^50 ms (35,000 years).
     BadTimes,
     /// An extension count that is not a 32-bit number.
     BadExtensions,
@@ -85,7 +85,7 @@ impl std::fmt::Display for DecodeError {
             DecodeError::UnknownFlags(b) => write!(f, "unknown lease flags {b:#x}"),
             DecodeError::BadToken => f.write_str("lease token out of range"),
             DecodeError::BadOwner => f.write_str("lease owner empty or too long"),
-            DecodeError::BadTimes => f.write_str("lease time is not a number"),
+            DecodeError::BadTimes => f.write_str("lease time is not a number or out of range"),
             DecodeError::BadExtensions => f.write_str("lease extension count invalid"),
             DecodeError::Trailing => f.write_str("unexpected trailing lease fields"),
         }
@@ -227,6 +227,9 @@ pub fn parse_grant_fields(owner: &[u8], fields: &[u8]) -> Result<Lease, DecodeEr
     })
 }
 
+/// The largest lease time accepted (absolute, ms): 2^50.
+const MAX_TIME_MS: u64 = 1 << 50;
+
 /// The checks every lease from outside passes. They accept every lease the
 /// rules can produce, or a node would refuse (replication, AOF) or fail to
 /// load (RDB) what its primary, or itself, wrote. In particular a deadline
@@ -238,6 +241,14 @@ fn validate(lease: Lease) -> Result<Lease, DecodeError> {
     }
     if lease.owner.is_empty() || lease.owner.len() > MAX_OWNER_LEN {
         return Err(DecodeError::BadOwner);
+    }
+    // Far beyond any real time (now ~2^41 ms, TTLs at most 2^40 ms), and far
+    // from overflowing the arithmetic done with them.
+    if [lease.deadline_ms, lease.acquired_at_ms]
+        .iter()
+        .any(|t| t.unsigned_abs() > MAX_TIME_MS)
+    {
+        return Err(DecodeError::BadTimes);
     }
     Ok(lease)
 }
@@ -359,7 +370,7 @@ pub(crate) mod tests {
         #[test]
         fn grant_fields_round_trip(
             token in 1..=MAX_TOKEN,
-            acquired in i64::MIN / 2..i64::MAX / 2,
+            acquired in -(1i64 << 49)..1 << 49,
             ttl in 0i64..1 << 40,
             extensions in any::<u32>(),
             session in any::<bool>(),
@@ -377,6 +388,16 @@ pub(crate) mod tests {
         }
 
         #[test]
+        fn times_beyond_the_range_are_refused(
+            t in prop_oneof![(1i64 << 50) + 1..i64::MAX, i64::MIN..-(1i64 << 50)],
+            which in any::<bool>(),
+        ) {
+            let mut l = lease("o", 1, 0, 10);
+            if which { l.deadline_ms = t } else { l.acquired_at_ms = t }
+            prop_assert_eq!(decode(&encode(&l)), Err(DecodeError::BadTimes));
+        }
+
+        #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = decode(&bytes);
         }
@@ -385,7 +406,7 @@ pub(crate) mod tests {
         fn valid_leases_round_trip(
             owner in proptest::collection::vec(any::<u8>(), 1..=MAX_OWNER_LEN),
             token in 1..=MAX_TOKEN,
-            acquired in any::<i64>(),
+            acquired in -(1i64 << 49)..1 << 49,
             ttl in 0i64..1 << 40,
             extensions in any::<u32>(),
             session in any::<bool>(),

@@ -1219,6 +1219,9 @@ impl LeaseFields {
             && self.flags & !1 == 0
             && (1..=MAX_TOKEN).contains(&self.token)
             && (1..=256).contains(&self.owner.len())
+            && [self.deadline, self.acquired]
+                .iter()
+                .all(|t| t.unsigned_abs() <= 1 << 50)
     }
 }
 
