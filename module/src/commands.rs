@@ -316,16 +316,6 @@ pub fn extend(call: &Call) -> Outcome {
     Ok(())
 }
 
-/// Is the connection that acquired `lease` connected to this node?
-fn holder_connected(lease: &Lease) -> bool {
-    lease.client_id != 0
-        && api!(
-            RedisModule_GetClientInfoById,
-            std::ptr::null_mut(),
-            lease.client_id
-        ) == raw::REDISMODULE_OK as c_int
-}
-
 /// `LOCK.INFO key`: nil when free, otherwise a map describing the holder.
 pub fn info(call: &Call) -> Outcome {
     if call.argv.len() != 2 {
@@ -351,7 +341,10 @@ pub fn info(call: &Call) -> Outcome {
         (c"held", lease.held_ms(now) as i64),
         (c"extensions", lease.extensions as i64),
         (c"client-id", lease.client_id as i64),
-        (c"client-connected", holder_connected(lease) as i64),
+        (
+            c"client-connected",
+            ffi::client_connected(lease.client_id) as i64,
+        ),
         (c"session", lease.session as i64),
         (c"waiters", waiting(&queue_of(call)) as i64),
     ];

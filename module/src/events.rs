@@ -84,8 +84,11 @@ unsafe extern "C" fn on_role_change(
     ffi::guard("role change event", (), || {
         let primary = sub == raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER;
         state::set_primary(primary);
-        if !primary {
-            sessions::clear();
+        if primary {
+            // Back from a replica role (an aborted failover, REPLICAOF to
+            // a host that never answered) with the same data: session
+            // holders that left meanwhile are released now.
+            sessions::release_departed();
         }
     })
 }

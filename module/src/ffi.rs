@@ -312,6 +312,13 @@ impl<'a> Call<'a> {
     }
 }
 
+/// Is the client with this id connected to this node?
+pub fn client_connected(id: u64) -> bool {
+    id != 0
+        && api!(RedisModule_GetClientInfoById, std::ptr::null_mut(), id)
+            == raw::REDISMODULE_OK as c_int
+}
+
 pub fn context_flags(ctx: *mut Ctx) -> u32 {
     api!(RedisModule_GetContextFlags, ctx) as u32
 }
@@ -347,11 +354,13 @@ pub enum Writes {
     Replica,
 }
 
+/// A pause comes first: a paused replica must not propagate into its own
+/// AOF either (the AOF re-emission after a fork runs on replicas too).
 pub fn writes(ctx: *mut Ctx) -> Writes {
-    if context_flags(ctx) & raw::REDISMODULE_CTX_FLAGS_SLAVE != 0 {
-        Writes::Replica
-    } else if api!(RedisModule_AvoidReplicaTraffic) != 0 {
+    if api!(RedisModule_AvoidReplicaTraffic) != 0 {
         Writes::Paused
+    } else if context_flags(ctx) & raw::REDISMODULE_CTX_FLAGS_SLAVE != 0 {
+        Writes::Replica
     } else {
         Writes::Allowed
     }

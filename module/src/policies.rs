@@ -314,7 +314,7 @@ unsafe extern "C" fn load_done(ctx: *mut Ctx, _argv: *mut *mut RString, _argc: c
         match taken {
             // Nothing may be propagated while writes are paused, and a policy
             // that is not replicated would diverge: refuse, the caller retries.
-            Some(_) if ffi::writes(ctx) == ffi::Writes::Paused => reply::error(
+            Some((Ok(_), _)) if ffi::writes(ctx) == ffi::Writes::Paused => reply::error(
                 ctx,
                 "TRYAGAIN writes are paused (CLIENT PAUSE or a failover); the policy was not loaded",
             ),

@@ -43,10 +43,16 @@ pub fn track(lease: &Lease, db: i32, name: &[u8]) {
     }
 }
 
-/// This node became a replica: the primary it follows decides about every
-/// lock, so no disconnect here releases one.
-pub fn clear() {
-    with(|ix| ix.clear());
+/// This node became a primary again: release the session locks of indexed
+/// clients that disconnected while it followed another node (their timers
+/// did nothing then). Every entry is checked against the keyspace first.
+pub fn release_departed() {
+    let ids: Vec<u64> = with(|ix| ix.keys().copied().collect());
+    for id in ids {
+        if !ffi::client_connected(id) {
+            client_gone(id);
+        }
+    }
 }
 
 /// `SWAPDB a b`: the leases moved with their databases.
@@ -95,8 +101,8 @@ unsafe extern "C" fn on_timer(ctx: *mut Ctx, data: *mut c_void) {
             }
             ffi::Writes::Replica => {
                 // A demoted primary must not release locks on its own: the
-                // primary it now follows decides (and its sessions index
-                // was dropped with the role change).
+                // primary it now follows decides. (The index keeps the
+                // entries: see `release_departed`.)
                 // SAFETY: the timer carries a `Box<u64>`, handed over once.
                 drop(unsafe { Box::from_raw(data.cast::<u64>()) });
                 return;

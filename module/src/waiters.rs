@@ -396,9 +396,13 @@ unsafe extern "C" fn on_job(ctx: *mut Ctx, data: *mut c_void) {
                         serve(ctx, &lk, name.raw());
                     }
                     ffi::Writes::Paused => arm(&lk, ffi::PAUSED_RETRY_MS),
-                    // Demoted: Redis unblocks the waiters itself; the new
-                    // primary hands the lock over.
-                    ffi::Writes::Replica => {}
+                    // Demoted: the new primary decides about the lock. Redis
+                    // 7 and Valkey 8 unblock the waiters themselves; a server
+                    // that keeps them blocked must not leave them hanging.
+                    ffi::Writes::Replica => fail_all(
+                        &lk,
+                        "READONLY this node became a replica while the client waited; retry against the primary",
+                    ),
                 }
             }
             Job::TimeOut(bc) => {

@@ -400,7 +400,13 @@ impl Renewal {
             // Renew early; after a failure, retry sooner. Never wait past the
             // end of the lease: that is when it is lost.
             let left = lease_end.saturating_duration_since(Instant::now());
-            let pause = if conn.is_some() { period } else { period / 4 };
+            // After a failure, retry sooner, and at least once more before
+            // the lease ends.
+            let pause = if conn.is_some() {
+                period
+            } else {
+                (period / 4).min(left / 2)
+            };
             match stopped.recv_timeout(pause.min(left)) {
                 Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}

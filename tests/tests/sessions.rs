@@ -418,4 +418,24 @@ for_each_flavor! {
         assert!(reply.starts_with('['), "{reply}");
         assert_eq!(lock_field(&server, "scripted", "session"), 0);
     }
+
+    /// A primary that followed another node for a while and is a primary
+    /// again with the same data (an aborted failover; here `REPLICAOF` to a
+    /// port nobody listens on) releases the session locks whose holders
+    /// left in between, and not before it is a primary again.
+    fn session_holder_gone_while_replica_is_released_on_promotion(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let (mut holder, _, (token, _)) = held_client(&server, "LOCK.ACQUIRE back me 60000 SESSION");
+        let nowhere = free_port().to_string();
+        assert_eq!(server.cmd_text(&["REPLICAOF", "127.0.0.1", &nowhere]), "OK");
+        holder.kill();
+        wait_until("the holder's disconnect", TIMEOUT, || lock_field(&server, "back", "client-connected") == 0);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(lock_field(&server, "back", "token"), token as i64, "released while a replica");
+        let promoted = Instant::now();
+        assert_eq!(server.cmd_text(&["REPLICAOF", "NO", "ONE"]), "OK");
+        let took = wait_released(&server, "back", promoted);
+        assert!(took < Duration::from_secs(2), "released {took:?} after the promotion");
+        assert_eq!(lw_stat(&server, "session_releases"), 1);
+    }
 }
