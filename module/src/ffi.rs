@@ -370,6 +370,33 @@ pub fn writes(ctx: *mut Ctx) -> Writes {
 /// paused.
 pub const PAUSED_RETRY_MS: i64 = 10;
 
+/// For a timer `cb` that writes and carries a `Box<T>` as `data`: the box,
+/// if the timer may write now. While writes are paused the box is handed on
+/// to a new timer `cb`, [`PAUSED_RETRY_MS`] later; on a replica it is
+/// dropped (the primary decides).
+///
+/// # Safety
+/// `data` must be a `Box<T>` pointer handed over to this timer once.
+pub unsafe fn writable_timer_data<T>(
+    ctx: *mut Ctx,
+    data: *mut c_void,
+    cb: unsafe extern "C" fn(*mut Ctx, *mut c_void),
+) -> Option<Box<T>> {
+    match writes(ctx) {
+        // SAFETY: per the contract, the box is this timer's to take.
+        Writes::Allowed => Some(unsafe { Box::from_raw(data.cast::<T>()) }),
+        Writes::Paused => {
+            start_timer(PAUSED_RETRY_MS, cb, data);
+            None
+        }
+        Writes::Replica => {
+            // SAFETY: as above.
+            drop(unsafe { Box::from_raw(data.cast::<T>()) });
+            None
+        }
+    }
+}
+
 pub const CTX_REPLICATED: u32 = raw::REDISMODULE_CTX_FLAGS_REPLICATED;
 /// Contexts in which a command must not block (MULTI/EXEC, scripts, ...).
 pub const CTX_NO_BLOCKING: u32 = raw::REDISMODULE_CTX_FLAGS_MULTI

@@ -92,24 +92,15 @@ pub fn client_gone(client_id: u64) {
 
 unsafe extern "C" fn on_timer(ctx: *mut Ctx, data: *mut c_void) {
     ffi::guard("session release", (), || {
-        match ffi::writes(ctx) {
-            ffi::Writes::Allowed => {}
-            ffi::Writes::Paused => {
-                // Still the timer's data, handed on to the next try.
-                ffi::start_timer(ffi::PAUSED_RETRY_MS, on_timer, data);
-                return;
-            }
-            ffi::Writes::Replica => {
-                // A demoted primary must not release locks on its own: the
-                // primary it now follows decides. (The index keeps the
-                // entries: see `release_departed`.)
-                // SAFETY: the timer carries a `Box<u64>`, handed over once.
-                drop(unsafe { Box::from_raw(data.cast::<u64>()) });
-                return;
-            }
-        }
+        // A demoted primary must not release locks on its own: the primary
+        // it now follows decides. (The index keeps the entries: see
+        // `release_departed`.)
         // SAFETY: the timer carries a `Box<u64>`, handed over once.
-        let client_id = *unsafe { Box::from_raw(data.cast::<u64>()) };
+        let Some(client_id) = (unsafe { ffi::writable_timer_data::<u64>(ctx, data, on_timer) })
+        else {
+            return;
+        };
+        let client_id = *client_id;
         let Some(held) = with(|ix| ix.remove(&client_id)) else {
             return;
         };

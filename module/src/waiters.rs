@@ -494,21 +494,10 @@ unsafe extern "C" fn free_wake(_ctx: *mut Ctx, data: *mut c_void) {
 
 unsafe extern "C" fn on_revoke(ctx: *mut Ctx, data: *mut c_void) {
     ffi::guard("grant revoke", (), || {
-        match ffi::writes(ctx) {
-            ffi::Writes::Allowed => {}
-            ffi::Writes::Paused => {
-                // Still the revoke timer's data, handed on to the next try.
-                ffi::start_timer(ffi::PAUSED_RETRY_MS, on_revoke, data);
-                return;
-            }
-            ffi::Writes::Replica => {
-                // SAFETY: as below; the new primary decides about the lock.
-                drop(unsafe { Box::from_raw(data.cast::<Grant>()) });
-                return;
-            }
-        }
         // SAFETY: the revoke timer carries a `Box<Grant>`, handed over once.
-        let g = unsafe { Box::from_raw(data.cast::<Grant>()) };
+        let Some(g) = (unsafe { ffi::writable_timer_data::<Grant>(ctx, data, on_revoke) }) else {
+            return;
+        };
         ffi::select_db(ctx, g.lk.db);
         let name = OwnedString::new(&g.lk.name);
         let mut key = Key::write(ctx, name.raw());

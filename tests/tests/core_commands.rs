@@ -311,6 +311,7 @@ for_each_flavor! {
             vec!["LOCK.ACQUIRE", "k", "alice", "60000", "WAIT"],
             vec!["LOCK.ACQUIRE", "k", "alice", "60000", "WAIT", "x"],
             vec!["LOCK.ACQUIRE", "k", "alice", "60000", "WAIT", "-1"],
+            vec!["LOCK.ACQUIRE", "k", "alice", "60000", "WAIT", "1099511627777"],
             vec!["LOCK.ACQUIRE", "k", "alice", "60000", "WAIT", "10", "WAIT", "10"],
             vec!["LOCK.ACQUIRE", "k", "alice", "60000", "WAIT", "10", "wait", "10"],
             vec!["LOCK.ACQUIRE", "k", "alice", "60000", "SESSION", "SESSION"],

@@ -468,6 +468,10 @@ for_each_flavor! {
         assert_refused(&scene, &[], &guest.wasm(), "instantiation failed: memory limit of 4096 KiB exceeded");
 
         let mut guest = Guest::allow();
+        guest.extra = r#"(func (export "lockwarden_request_fields") (param i32) (result i32) (local.get 0))"#.into();
+        assert_refused(&scene, &[], &guest.wasm(), "export `lockwarden_request_fields` must be a function () -> i32");
+
+        let mut guest = Guest::allow();
         guest.configure = "(loop $l (br $l)) (i64.const 0)".into();
         assert_refused(&scene, &[], &guest.wasm(), "lockwarden_configure failed: fuel exhausted (limit 1000000)");
 

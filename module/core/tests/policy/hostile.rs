@@ -549,24 +549,16 @@ fn a_failed_rebuild_breaks_the_policy_until_a_rebuild_succeeds() {
             })
         );
     }
-    // ... until a retry of the rebuild, under limits that allow it, succeeds.
+    // ... until a retry of the rebuild, under limits that allow it, succeeds;
+    // replacing it repairs it too.
+    let repaired = |registry: &mut Registry| {
+        let verdict = registry.evaluate(&acquire(b"a"), LIMITS, FailureMode::Deny);
+        (verdict.verdict, registry.list()[0].broken.clone())
+    };
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    assert_eq!(
-        registry
-            .evaluate(&acquire(b"a"), LIMITS, FailureMode::Deny)
-            .verdict,
-        Ok(Some(1))
-    );
-    assert_eq!(registry.list()[0].broken, None);
-    // Replacing it repairs it too.
+    assert_eq!(repaired(&mut registry), (Ok(Some(1)), None));
     registry.install(guest.compile("fragile"), true).unwrap();
-    assert_eq!(
-        registry
-            .evaluate(&acquire(b"a"), LIMITS, FailureMode::Deny)
-            .verdict,
-        Ok(Some(1))
-    );
-    assert_eq!(registry.list()[0].broken, None);
+    assert_eq!(repaired(&mut registry), (Ok(Some(1)), None));
 }
 
 #[test]
