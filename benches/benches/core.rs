@@ -214,7 +214,7 @@ fn policy_benches(c: &mut Criterion) {
     // The host's share of an evaluation: encoding the request.
     let mut buf = Vec::new();
     g.bench_function("encode-request", |b| {
-        b.iter(|| lockwarden_sdk::abi::encode_into(black_box(&request), &mut buf))
+        b.iter(|| black_box(&request).encode_into(&mut buf))
     });
     g.finish();
 }

@@ -421,15 +421,11 @@ pub(crate) fn encode_request(
             "{bytes} bytes exceed the policy input limit of {MAX_INPUT_BYTES} bytes"
         ))
     };
-    let strings = request.key.len()
-        + request.owner.len()
-        + request.caller.user.len()
-        + request.holder.map_or(0, |h| h.owner.len());
+    let strings = request.strings_len();
     if strings > MAX_INPUT_BYTES {
         return Err(too_large(strings));
     }
-    abi::encode_into(request, buf)
-        .map_err(|e| EvalFailure::Request(format!("cannot encode it: {e}")))?;
+    request.encode_into(buf);
     if buf.len() > MAX_INPUT_BYTES {
         return Err(too_large(buf.len()));
     }
