@@ -200,7 +200,7 @@ impl Output {
 /// at most ten varint bytes, two `u32`s of at most five.
 pub const REQUEST_OVERHEAD_MAX: usize = 2 + 4 * 10 + 5 * 10 + 2 * 5;
 
-impl Request<'_> {
+impl<'a> Request<'a> {
     /// The total length of the request's byte strings (key, owner, holder's
     /// owner, user): its encoding is at most [`REQUEST_OVERHEAD_MAX`] bytes
     /// longer.
@@ -242,6 +242,141 @@ impl Request<'_> {
         put_varint(buf, self.caller.client_id);
         put_bytes(buf, self.caller.user);
         put_varint(buf, u64::from(self.waiters));
+    }
+
+    /// Decodes a request, borrowing its byte strings from `bytes`: accepts
+    /// exactly what [`decode`] accepts, and gives the same request (a
+    /// property test holds it to that), with a hand-written reader because
+    /// a policy decodes a request on every lock command it sees.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, postcard::Error> {
+        let mut r = Reader { bytes, pos: 0 };
+        let op = match r.varint(U32)? {
+            0 => Operation::Acquire,
+            1 => Operation::Extend,
+            2 => Operation::Release,
+            _ => return Err(postcard::Error::DeserializeBadEnum),
+        };
+        let key = r.bytes()?;
+        let owner = r.bytes()?;
+        let ttl_ms = r.varint(U64)?;
+        let now_ms = r.varint(U64)?;
+        let holder = match r.byte()? {
+            0 => None,
+            1 => Some(Holder {
+                owner: r.bytes()?,
+                token: r.varint(U64)?,
+                held_ms: r.varint(U64)?,
+                extensions: r.varint(U32)? as u32,
+            }),
+            _ => return Err(postcard::Error::DeserializeBadOption),
+        };
+        let caller = Caller {
+            client_id: r.varint(U64)?,
+            user: r.bytes()?,
+        };
+        let waiters = r.varint(U32)? as u32;
+        if r.pos != bytes.len() {
+            return Err(postcard::Error::DeserializeBadEncoding);
+        }
+        Ok(Request {
+            op,
+            key,
+            owner,
+            ttl_ms,
+            now_ms,
+            holder,
+            caller,
+            waiters,
+        })
+    }
+}
+
+impl Decision {
+    /// Replaces the contents of `buf` with the decision's postcard encoding:
+    /// the same bytes as [`encode`], written by hand (a policy encodes one
+    /// decision per lock command).
+    pub fn encode_into(&self, buf: &mut alloc::vec::Vec<u8>) {
+        buf.clear();
+        match self {
+            Decision::Allow => buf.push(0),
+            Decision::Deny(reason) => {
+                buf.push(1);
+                put_bytes(buf, reason.as_bytes());
+            }
+            Decision::Clamp(ms) => {
+                buf.push(2);
+                put_varint(buf, *ms);
+            }
+        }
+    }
+}
+
+/// The limits postcard puts on a varint of an integer type: its most bytes,
+/// and the largest value of its last possible byte.
+#[derive(Clone, Copy)]
+struct VarintLimits {
+    max_bytes: usize,
+    last_max: u8,
+}
+
+impl VarintLimits {
+    const fn of(bits: u32) -> Self {
+        VarintLimits {
+            max_bytes: bits.div_ceil(7) as usize,
+            last_max: ((1u16 << (bits - 7 * (bits.div_ceil(7) - 1))) - 1) as u8,
+        }
+    }
+}
+
+const U32: VarintLimits = VarintLimits::of(32);
+const U64: VarintLimits = VarintLimits::of(64);
+/// Byte string lengths are `usize`s: 32 bits in a Wasm guest.
+const USIZE: VarintLimits = VarintLimits::of(usize::BITS);
+
+/// Reads postcard values from `bytes`, starting at `pos`.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    #[inline(always)]
+    fn byte(&mut self) -> Result<u8, postcard::Error> {
+        let b = *self
+            .bytes
+            .get(self.pos)
+            .ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    #[inline(always)]
+    fn varint(&mut self, limits: VarintLimits) -> Result<u64, postcard::Error> {
+        let mut out = 0u64;
+        for i in 0..limits.max_bytes {
+            let b = self.byte()?;
+            out |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                if i == limits.max_bytes - 1 && b > limits.last_max {
+                    return Err(postcard::Error::DeserializeBadVarint);
+                }
+                return Ok(out);
+            }
+        }
+        Err(postcard::Error::DeserializeBadVarint)
+    }
+
+    #[inline(always)]
+    fn bytes(&mut self) -> Result<&'a [u8], postcard::Error> {
+        let len = self.varint(USIZE)? as usize;
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|&end| end <= self.bytes.len())
+            .ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
+        let b = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(b)
     }
 }
 
@@ -432,6 +567,130 @@ mod tests {
             proptest::prop_assert_eq!(&buf, &encode(&r).unwrap());
             proptest::prop_assert!(buf.len() <= r.strings_len() + REQUEST_OVERHEAD_MAX);
             proptest::prop_assert_eq!(decode::<Request>(&buf).unwrap(), r);
+        }
+    }
+
+    /// What postcard makes of `bytes` as a request, and what the hand-written
+    /// reader makes of them, agree: both refuse them, or both give the same
+    /// request.
+    fn decoders_agree(bytes: &[u8]) -> Result<(), String> {
+        let reference = decode::<Request>(bytes).ok();
+        let fast = Request::decode(bytes).ok();
+        if reference == fast {
+            Ok(())
+        } else {
+            Err(alloc::format!(
+                "{bytes:02x?}: postcard {reference:?}, by hand {fast:?}"
+            ))
+        }
+    }
+
+    #[test]
+    fn the_request_reader_follows_postcards_varint_limits() {
+        let mut valid = Vec::new();
+        request().encode_into(&mut valid);
+        // `ttl_ms` starts after the tag and two byte strings.
+        let ttl_at = 1 + 1 + request().key.len() + 1 + request().owner.len();
+        let rest = &valid[ttl_at + 3..]; // ttl 30000 takes three bytes
+        let with_ttl = |ttl: &[u8]| [&valid[..ttl_at], ttl, rest].concat();
+        let max_u64 = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        let over_u64 = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+        let too_long = [
+            0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00,
+        ];
+        let padded_zero = [0x80, 0x00];
+        for (ttl, ok) in [
+            (&max_u64[..], true),
+            (&over_u64[..], false),
+            (&too_long[..], false),
+            (&padded_zero[..], true),
+        ] {
+            let bytes = with_ttl(ttl);
+            decoders_agree(&bytes).unwrap();
+            assert_eq!(Request::decode(&bytes).is_ok(), ok, "{ttl:02x?}");
+        }
+        assert_eq!(
+            Request::decode(&with_ttl(&max_u64)).unwrap().ttl_ms,
+            u64::MAX
+        );
+        // `waiters` is the last field, a u32: at most five bytes, the fifth <= 0x0f.
+        let waiters_at = valid.len() - 1;
+        for (last, ok) in [(0x0f, true), (0x10, false)] {
+            let bytes = [&valid[..waiters_at], &[0xff, 0xff, 0xff, 0xff, last]].concat();
+            decoders_agree(&bytes).unwrap();
+            assert_eq!(Request::decode(&bytes).is_ok(), ok);
+        }
+        // Bad operation and option tags, trailing and missing bytes.
+        let mut free = Vec::new();
+        Request {
+            holder: None,
+            ..request()
+        }
+        .encode_into(&mut free);
+        // Before the tag: client id 7, the user, waiters 2 (one byte each
+        // but the user).
+        let tag_at = free.len() - 1 - (1 + request().caller.user.len()) - 1 - 1;
+        assert_eq!(free[tag_at], 0);
+        let mut bad_tag = free.clone();
+        bad_tag[tag_at] = 2;
+        for bytes in [
+            bad_tag,
+            [&[3u8][..], &valid[1..]].concat(),
+            [&valid[..], &[0]].concat(),
+            valid[..valid.len() - 1].to_vec(),
+        ] {
+            decoders_agree(&bytes).unwrap();
+            assert!(Request::decode(&bytes).is_err());
+        }
+    }
+
+    #[test]
+    fn the_decision_writer_is_postcards() {
+        let mut buf = b"left over".to_vec();
+        for d in [
+            Decision::Allow,
+            Decision::Deny(String::new()),
+            Decision::Deny("x".repeat(200)),
+            Decision::Clamp(0),
+            Decision::Clamp(30_000),
+            Decision::Clamp(u64::MAX),
+        ] {
+            d.encode_into(&mut buf);
+            assert_eq!(buf, encode(&d).unwrap(), "{d:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_request_reader_agrees_with_postcard_on_any_bytes(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+        ) {
+            decoders_agree(&bytes).map_err(proptest::test_runner::TestCaseError::fail)?;
+        }
+
+        #[test]
+        fn the_request_reader_agrees_with_postcard_on_damaged_requests(
+            key in proptest::collection::vec(proptest::num::u8::ANY, 0..20),
+            ttl_ms: u64,
+            holder: bool,
+            at: proptest::sample::Index,
+            byte in proptest::prop_oneof![0u8..4, proptest::num::u8::ANY],
+            cut: proptest::sample::Index,
+        ) {
+            let r = Request {
+                key: &key,
+                ttl_ms,
+                holder: if holder { request().holder } else { None },
+                ..request()
+            };
+            let mut bytes = Vec::new();
+            r.encode_into(&mut bytes);
+            proptest::prop_assert_eq!(Request::decode(&bytes), Ok(r));
+            let mut damaged = bytes.clone();
+            damaged[at.index(bytes.len())] = byte;
+            decoders_agree(&damaged).map_err(proptest::test_runner::TestCaseError::fail)?;
+            decoders_agree(&bytes[..cut.index(bytes.len())])
+                .map_err(proptest::test_runner::TestCaseError::fail)?;
         }
     }
 

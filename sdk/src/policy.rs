@@ -115,12 +115,17 @@ pub mod guest {
         OUTPUT.with(|o| {
             let mut o = o.borrow_mut();
             abi::encode_into(value, &mut o).expect("encoding an ABI value cannot fail");
-            Output {
-                ptr: o.as_ptr() as usize as u32,
-                len: o.len() as u32,
-            }
-            .pack()
+            pack(&o)
         })
+    }
+
+    /// Where `out` is, as the ABI's return value.
+    fn pack(out: &[u8]) -> i64 {
+        Output {
+            ptr: out.as_ptr() as usize as u32,
+            len: out.len() as u32,
+        }
+        .pack()
     }
 
     /// `lockwarden_configure`: builds the policy from the settings in the
@@ -142,10 +147,14 @@ pub mod guest {
     pub fn evaluate<P: Policy>(policy: Option<&P>, len: i32) -> i64 {
         let policy = policy.expect("lockwarden_evaluate called before lockwarden_configure");
         let decision = with_input(len, |bytes| {
-            let request: Request = abi::decode(bytes).expect("undecodable request");
+            let request = Request::decode(bytes).expect("undecodable request");
             policy.evaluate(&request)
         });
-        output(&decision)
+        OUTPUT.with(|o| {
+            let mut o = o.borrow_mut();
+            decision.encode_into(&mut o);
+            pack(&o)
+        })
     }
 }
 
@@ -202,8 +211,8 @@ pub mod testing {
     use crate::abi::{Caller, Holder, Operation};
 
     /// Runs a [`Policy`] natively. Every request and decision goes through the
-    /// same postcard encoding the Wasm ABI uses, so a test exercises the
-    /// decoding the shipped policy will do.
+    /// encoders and decoders the server and a shipped policy use, so a test
+    /// exercises the decoding the shipped policy will do.
     pub struct PolicyTester<P: Policy> {
         policy: P,
     }
@@ -222,10 +231,10 @@ pub mod testing {
                 // As the server does for a policy that does not read it.
                 request.caller.user = b"";
             }
-            let bytes = abi::encode(&request).expect("encode request");
-            let decoded: Request = abi::decode(&bytes).expect("decode request");
-            let decision = self.policy.evaluate(&decoded);
-            let bytes = abi::encode(&decision).expect("encode decision");
+            let mut bytes = Vec::new();
+            request.encode_into(&mut bytes);
+            let decoded = Request::decode(&bytes).expect("decode request");
+            self.policy.evaluate(&decoded).encode_into(&mut bytes);
             abi::decode(&bytes).expect("decode decision")
         }
 
