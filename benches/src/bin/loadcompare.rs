@@ -25,6 +25,7 @@ use lockwarden_benches::drive::{self, BenchTool, acquire_cmd, script_load, set_n
 use lockwarden_benches::info;
 use lockwarden_benches::report::{Compare, Report, Row, Target};
 use lockwarden_benches::server::Server;
+use lockwarden_benches::stats;
 use lockwarden_benches::{LUA_RELEASE, OWNER, Result, TTL_MS, err};
 use redis::Connection;
 use std::path::PathBuf;
@@ -722,6 +723,28 @@ fn memory(cx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
+/// `mean-ns` of the policy `name` in `LOCK.POLICY LIST` (a flat list of
+/// field/value pairs per policy), if it is listed.
+fn policy_mean_ns(con: &mut Connection, name: &str) -> Result<Option<f64>> {
+    let list: Vec<Vec<redis::Value>> = redis::cmd("LOCK.POLICY").arg("LIST").query(con)?;
+    let field = |p: &[redis::Value], f: &str| {
+        p.chunks(2).find_map(|kv| match kv {
+            [redis::Value::BulkString(k), v] if k == f.as_bytes() => Some(v.clone()),
+            _ => None,
+        })
+    };
+    Ok(list
+        .iter()
+        .find_map(|p| match (field(p, "name"), field(p, "mean-ns")) {
+            (Some(redis::Value::BulkString(n)), Some(redis::Value::Int(ns)))
+                if n == name.as_bytes() =>
+            {
+                Some(ns as f64)
+            }
+            _ => None,
+        }))
+}
+
 /// (e) The cost of evaluating the `max-ttl` policy on each acquire.
 fn policy(cx: &mut Ctx) -> Result<()> {
     const SCENARIO: &str = "(e) policy: ACQUIRE server CPU with max-ttl";
@@ -785,6 +808,8 @@ fn policy(cx: &mut Ctx) -> Result<()> {
     }
     let ttl = TTL_MS.to_string();
     let cmd = ["LOCK.ACQUIRE", "lock:__rand_int__", OWNER, &ttl];
+    // The server's own timing of the evaluations, per round with the policy.
+    let mut eval_ns = Vec::new();
     let res = alternate(cx.policy_rounds, 2, |round, v| {
         if v == 0 {
             load(&mut cx.con, "*")?;
@@ -797,8 +822,19 @@ fn policy(cx: &mut Ctx) -> Result<()> {
             ["with max-ttl", baseline][v],
             m.show("req/s")
         );
+        if v == 0 {
+            eval_ns.extend(policy_mean_ns(&mut cx.con, "max-ttl")?);
+        }
         Ok(m)
     })?;
+    if !eval_ns.is_empty() {
+        cx.report.note(format!(
+            "(e): the server's own timing of one max-ttl evaluation (LOCK.POLICY LIST mean-ns: the Wasm call and decoding the decision, every 8th evaluation timed), median of the rounds with the policy: {:.0} ns (rounds {:.0}–{:.0} ns)",
+            stats::median(&eval_ns),
+            stats::quantile(&eval_ns, 0.0),
+            stats::quantile(&eval_ns, 1.0),
+        ));
+    }
     without(&mut cx.con)?;
     let (loaded, unloaded) = (("with", 0), (baseline, 1));
     let r = &mut cx.report;
