@@ -808,10 +808,16 @@ fn policy(cx: &mut Ctx) -> Result<()> {
     }
     let ttl = TTL_MS.to_string();
     let cmd = ["LOCK.ACQUIRE", "lock:__rand_int__", OWNER, &ttl];
-    // The server's own timing of the evaluations, per round with the policy.
+    // The server's own timing of the evaluations, per round with the policy
+    // (without UNLOAD, counters accumulate across rounds).
     let mut eval_ns = Vec::new();
     let res = alternate(cx.policy_rounds, 2, |round, v| {
         if v == 0 {
+            // A fresh load, so that the policy's counters cover this round
+            // only (loading an unchanged policy again keeps them).
+            if can_unload {
+                without(&mut cx.con)?;
+            }
             load(&mut cx.con, "*")?;
         } else {
             without(&mut cx.con)?;
