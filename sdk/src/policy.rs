@@ -111,21 +111,18 @@ pub mod guest {
         })
     }
 
-    fn output<T: serde::Serialize>(value: &T) -> i64 {
+    /// Lets `write` fill the output buffer; returns where it is, as the
+    /// ABI's return value.
+    fn output(write: impl FnOnce(&mut Vec<u8>)) -> i64 {
         OUTPUT.with(|o| {
             let mut o = o.borrow_mut();
-            abi::encode_into(value, &mut o).expect("encoding an ABI value cannot fail");
-            pack(&o)
+            write(&mut o);
+            Output {
+                ptr: o.as_ptr() as usize as u32,
+                len: o.len() as u32,
+            }
+            .pack()
         })
-    }
-
-    /// Where `out` is, as the ABI's return value.
-    fn pack(out: &[u8]) -> i64 {
-        Output {
-            ptr: out.as_ptr() as usize as u32,
-            len: out.len() as u32,
-        }
-        .pack()
     }
 
     /// `lockwarden_configure`: builds the policy from the settings in the
@@ -138,7 +135,7 @@ pub mod guest {
             }
             Err(message) => Configured::Rejected(message),
         };
-        output(&answer)
+        output(|o| abi::encode_into(&answer, o).expect("encoding an ABI value cannot fail"))
     }
 
     /// `lockwarden_evaluate`: decodes the request in the input buffer and
@@ -150,11 +147,7 @@ pub mod guest {
             let request = Request::decode(bytes).expect("undecodable request");
             policy.evaluate(&request)
         });
-        OUTPUT.with(|o| {
-            let mut o = o.borrow_mut();
-            decision.encode_into(&mut o);
-            pack(&o)
-        })
+        output(|o| decision.encode_into(o))
     }
 }
 
