@@ -106,10 +106,14 @@ pub unsafe extern "C" fn aux_load(
 }
 
 /// A fork happened: if it is an AOF rewrite, put the node-wide state into
-/// the new AOF.
+/// the new AOF. Whether it is one is asked now (the rewrite may be over
+/// before the event loop turns), the writes are made from a timer: the fork
+/// may happen inside a command (`BGREWRITEAOF`, `CONFIG SET appendonly yes`),
+/// and a write propagated there would count as that command's, so Redis
+/// would propagate the command itself to the replicas and the AOF too.
 pub fn fork_started(ctx: *mut ffi::Ctx) {
     if aof_rewrite_in_progress(ctx) {
-        reemit(ctx);
+        ffi::start_timer(0, reemit_later, std::ptr::null_mut());
     }
 }
 

@@ -446,6 +446,33 @@ pub fn rewrite_aof(s: &Server, timeout: Duration) {
     wait_persistence_idle(s, timeout);
 }
 
+/// The contents of the AOF's current incremental files (`type i` in the
+/// manifest; the ones from before the last rewrite are history, `type h`).
+/// Empty when there is no AOF.
+pub fn aof_incr_files(s: &Server) -> Vec<Vec<u8>> {
+    let dir = s.dir().join("appendonlydir");
+    let manifest = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".manifest"))
+        .and_then(|e| std::fs::read_to_string(e.path()).ok())
+        .unwrap_or_default();
+    manifest
+        .lines()
+        .filter(|l| l.ends_with(" type i"))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(|f| std::fs::read(dir.join(f)).unwrap_or_default())
+        .collect()
+}
+
+/// Whether any of the AOF's current incremental files contains `needle`.
+pub fn aof_incr_contains(s: &Server, needle: &[u8]) -> bool {
+    aof_incr_files(s)
+        .iter()
+        .any(|f| f.windows(needle.len()).any(|w| w == needle))
+}
+
 // ---------------------------------------------------------------------------
 // DUMP payloads
 

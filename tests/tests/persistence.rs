@@ -184,29 +184,9 @@ fn high_water_scenario(flavor: Flavor, mode: Persist) {
                 "the rewrite ended after the pause"
             );
             assert_eq!(s.cmd_text(&["PING"]), "PONG");
-            // Once the pause ends, the high-water mark reaches the new AOF:
-            // its incremental files (`type i` in the manifest; the ones
-            // from before the rewrite are history, `type h`).
-            let incr_files = || {
-                let dir = s.dir().join("appendonlydir");
-                let manifest = std::fs::read_dir(&dir)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .find(|e| e.file_name().to_string_lossy().ends_with(".manifest"))
-                    .and_then(|e| std::fs::read_to_string(e.path()).ok())
-                    .unwrap_or_default();
-                manifest
-                    .lines()
-                    .filter(|l| l.ends_with(" type i"))
-                    .filter_map(|l| l.split_whitespace().nth(1))
-                    .map(|f| std::fs::read(dir.join(f)).unwrap_or_default())
-                    .collect::<Vec<_>>()
-            };
+            // Once the pause ends, the high-water mark reaches the new AOF.
             wait_until("LOCK._HIGHWATER in the incremental AOF", TIMEOUT, || {
-                incr_files()
-                    .iter()
-                    .any(|f| f.windows(15).any(|w| w == b"LOCK._HIGHWATER"))
+                aof_incr_contains(&s, b"LOCK._HIGHWATER")
             });
             assert!(
                 paused_at.elapsed() >= Duration::from_millis(990),

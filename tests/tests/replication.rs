@@ -370,4 +370,32 @@ for_each_flavor! {
         assert_eq!(dbsize(r), 1);
         assert_eq!(lw_stat(r, "token_high_water"), lw_stat(p, "token_high_water"));
     }
+
+    /// An AOF rewrite started by a command (`CONFIG SET appendonly yes`,
+    /// `BGREWRITEAOF`) puts the node-wide state into the new AOF without
+    /// making that command a write: the command reaches neither the
+    /// replica nor the AOF.
+    fn aof_rewrite_by_command_is_not_propagated(flavor: Flavor) {
+        let pair = ReplicaPair::start(flavor, |b| b.arg("aof-use-rdb-preamble", "no"));
+        let (p, r) = (&pair.primary, &pair.replica);
+        let t = acquire_release(p, "aofc:k", "alice", 30000);
+        assert_eq!(p.cmd_text(&["CONFIG", "SET", "appendonly", "yes", "maxmemory-policy", "allkeys-lru"]), "OK");
+        wait_persistence_idle(p, TIMEOUT);
+        wait_until("LOCK._HIGHWATER in the new AOF", TIMEOUT, || aof_incr_contains(p, b"LOCK._HIGHWATER"));
+        rewrite_aof(p, TIMEOUT);
+        wait_until("LOCK._HIGHWATER in the rewritten AOF", TIMEOUT, || aof_incr_contains(p, b"LOCK._HIGHWATER"));
+        for command in [&b"CONFIG"[..], b"BGREWRITEAOF", b"MULTI"] {
+            assert!(
+                !aof_incr_contains(p, command),
+                "{} in the AOF",
+                String::from_utf8_lossy(command)
+            );
+        }
+        pair.wait_for_offset();
+        assert_eq!(lw_stat(r, "token_high_water"), t);
+        assert_eq!(r.cmd_text(&["CONFIG", "GET", "appendonly"]), "[appendonly no]");
+        assert_eq!(r.cmd_text(&["CONFIG", "GET", "maxmemory-policy"]), "[maxmemory-policy noeviction]");
+        assert_eq!(r.info_field("persistence", "aof_rewrites").as_deref(), Some("0"));
+        assert!(acquire_ok(p, "aofc:k", "bob", 1000) > t);
+    }
 }
