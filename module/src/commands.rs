@@ -174,7 +174,10 @@ fn ask(
             key: unsafe { ffi::bytes(call.key()) },
             owner,
             ttl_ms,
-            holder: held,
+            // A lease past its deadline (kept by `PERSIST` or `RESTORE`, or
+            // seen from a script) holds nothing, for the policies as for the
+            // rules.
+            holder: held.filter(|l| l.is_live(now)),
             waiters: waiting(queue),
             now_ms: now,
         },

@@ -15,6 +15,7 @@ use crate::ffi::{self, Call, Ctx, Key, OwnedString, RString, Slot, api, reply};
 use crate::lease_type::ty;
 use crate::state::MainThread;
 use crate::stats;
+use crate::waiters::{self, LockKey};
 use lockwarden_core::policy::{
     CompiledPolicy, EvalLimits, FailureMode, LoadError, Note, PolicyEngine, PolicySpec, Registry,
     check_module_size, decode_specs, encode_specs,
@@ -412,13 +413,22 @@ pub fn eval(call: &Call) -> Result<(), LockError> {
             Slot::Ours(l) if l.is_live(now) => Some(l.clone()),
             _ => None,
         });
+    let queue = LockKey {
+        db: call.db(),
+        name: req.key.into(),
+    };
+    // The request the real command would send: a release asks for no TTL.
     let ask = Ask {
         op: req.op,
         key: req.key,
         owner: req.owner,
-        ttl_ms: req.ttl_ms,
+        ttl_ms: if req.op == Operation::Release {
+            0
+        } else {
+            req.ttl_ms
+        },
         holder: holder.as_ref(),
-        waiters: 0,
+        waiters: waiters::len(&queue),
         now_ms: now,
     };
     let client_id = call.client_id();

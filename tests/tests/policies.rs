@@ -597,6 +597,43 @@ for_each_flavor! {
         assert_eq!(info_after["policy_audit_denials"], 1, "only the real acquire");
     }
 
+    /// `LOCK.POLICY EVAL` asks with the request the real command sends: the
+    /// queue's length, and no TTL for a release. Neither sees a lease past
+    /// its deadline (kept in the keyspace by PERSIST) as a holder: the lock
+    /// is free, for the policies as for the lock rules.
+    fn eval_asks_what_commands_ask(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let eval = |args: &[&str]| {
+            let mut full = vec!["LOCK.POLICY", "EVAL"];
+            full.extend_from_slice(args);
+            server.cmd_text(&full)
+        };
+        acquire_ok(&server, "q:1", "a", 30_000);
+        load_ok(&server, "queue", &["KEYS", "q:*"], &Guest::waiters_plus_one().wasm());
+        assert_eq!(eval(&["queue", "EXTEND", "q:1", "a", "60000"]), "clamp 1");
+        let mut conn = server.client();
+        let waiter = std::thread::spawn(move || {
+            req(&mut conn, &["LOCK.ACQUIRE", "q:1", "b", "10000", "WAIT", "20000"])
+        });
+        wait_until("the waiter is queued", TIMEOUT, || lock_field(&server, "q:1", "waiters") == 1);
+        assert_eq!(eval(&["queue", "EXTEND", "q:1", "a", "60000"]), "clamp 2");
+        assert_eq!(server.cmd(&["LOCK.EXTEND", "q:1", "a", "60000"]), Value::Int(2));
+        grant(&waiter.join().expect("waiter thread"));
+
+        load_example(&server, "ttl-deny", "max-ttl", "none:*", r#"{"default_ms":5000,"action":"deny"}"#);
+        assert_eq!(eval(&["ttl-deny", "RELEASE", "k", "me", "6000"]), "allow");
+
+        let (old, _) = acquire_ok(&server, "stale:1", "me", 200);
+        assert_eq!(server.cmd(&["PERSIST", "stale:1"]), Value::Int(1));
+        load_example(&server, "hold", "max-hold", "stale:*", r#"{"max_hold_ms":300}"#);
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(server.cmd_text(&["LOCK.INFO", "stale:1"]), "(nil)");
+        assert_eq!(eval(&["hold", "ACQUIRE", "stale:1", "me", "1000"]), "clamp 300");
+        let (token, ttl) = acquire_ok(&server, "stale:1", "me", 1000);
+        assert!(token > old, "a new grant: token {token} after {old}");
+        assert_eq!(ttl, 300, "clamped like any fresh grant");
+    }
+
     /// `redis-cli -x LOCK.POLICY LOAD name ... WASM < policy.wasm` works.
     fn redis_cli_stdin_load(flavor: Flavor) {
         let server = Server::start(flavor);

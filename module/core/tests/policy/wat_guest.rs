@@ -124,6 +124,17 @@ impl Guest {
         guest
     }
 
+    /// A policy answering `Clamp(waiters + 1)`, for fewer than 127 waiters
+    /// (`waiters`, the request's last field, is then its last byte).
+    pub fn waiters_plus_one() -> Guest {
+        let mut guest = Guest::allow();
+        guest.evaluate = clamp_to(&format!(
+            "(i32.add (i32.const 1) (i32.load8_u (i32.add (local.get $len) (i32.const {}))))",
+            INPUT - 1
+        ));
+        guest
+    }
+
     /// A policy that loops `iterations` times (about 5 fuel each), then
     /// allows.
     pub fn busy(iterations: u32) -> Guest {
