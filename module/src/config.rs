@@ -7,6 +7,7 @@
 
 use crate::ffi::{self, RString, api};
 use lockwarden_core::TtlLimits;
+use lockwarden_core::policy::{DEFAULT_MAX_MODULE_BYTES, EvalLimits};
 use redis_module::raw;
 use std::ffi::{CString, c_char, c_int, c_longlong, c_void};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
@@ -72,7 +73,7 @@ pub static SETTINGS: [Setting; 7] = [
             min: 1_000,
             max: 1_000_000_000,
         },
-        value: AtomicI64::new(1_000_000),
+        value: AtomicI64::new(EvalLimits::DEFAULT.fuel as i64),
     },
     Setting {
         name: "policy-memory-kb",
@@ -80,7 +81,7 @@ pub static SETTINGS: [Setting; 7] = [
             min: 64,
             max: 1 << 20,
         },
-        value: AtomicI64::new(4096),
+        value: AtomicI64::new((EvalLimits::DEFAULT.memory_bytes >> 10) as i64),
     },
     Setting {
         name: "policy-max-module-kb",
@@ -88,7 +89,7 @@ pub static SETTINGS: [Setting; 7] = [
             min: 1,
             max: 64 << 10,
         },
-        value: AtomicI64::new(4096),
+        value: AtomicI64::new((DEFAULT_MAX_MODULE_BYTES >> 10) as i64),
     },
     Setting {
         name: "policy-failure",

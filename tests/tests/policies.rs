@@ -795,13 +795,15 @@ for_each_flavor! {
     /// diverge. The server stays up; loading again after the pause works.
     fn load_finishing_in_a_write_pause_is_refused(flavor: Flavor) {
         let server = Server::builder(flavor).arg("--appendonly", "yes").start();
-        // A long function body keeps the compiler busy past the pause; if a
-        // fast machine finishes first anyway (OK), try again with a longer one.
+        // Long function bodies (each below the 128 KiB limit) keep the
+        // compiler busy past the pause; if a fast machine finishes first
+        // anyway (OK), try again with more of them.
+        let body = format!("(func {})", "(drop (i32.const 1))\n".repeat(40_000));
         let mut refused = None;
         for attempt in 0..4 {
-            let wasm = Guest::allow()
-                .before_configure(&"(drop (i32.const 1))\n".repeat(150_000 << attempt))
-                .wasm();
+            let mut guest = Guest::allow();
+            guest.extra = body.repeat(4 << attempt);
+            let wasm = guest.wasm();
             let mut conn = server.client();
             let loading = {
                 let wasm = wasm.clone();

@@ -29,8 +29,8 @@ eval   also evaluates one request and prints the decision:
 --waiters     clients blocked on the lock (default 0)
 --user        the caller's ACL user (default: default)
 --fuel, --memory-kb
-              the limits of every call into the policy
-              (default: 1000000 fuel, 16384 KiB)
+              the limits of every call into the policy (default: the
+              server's, 1000000 fuel and 4096 KiB; modules up to 4096 KiB)
 
 exit status: 0 loaded / decided, 1 load or evaluation failure, 2 usage error";
 

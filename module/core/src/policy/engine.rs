@@ -24,6 +24,18 @@ pub const MAX_INPUT_BYTES: usize = 1 << 20;
 /// in total. A Rust policy needs a few dozen to a few thousand.
 pub const MAX_TABLE_ELEMENTS: usize = 65_536;
 
+/// The largest function body a policy may have, in bytes of code.
+/// Compiling a function takes memory in proportion to its size (up to some
+/// 400 bytes per byte of code for pathological bodies), from Redis's
+/// allocator, so it counts in `used_memory`; this keeps one load's compile
+/// to some 50 MiB. Rust policies' bodies are a few KiB (the example
+/// policies: 12 KiB at most).
+pub const MAX_FUNCTION_BYTES: usize = 128 * 1024;
+
+/// The deepest nesting of blocks, loops and ifs in a function body (the
+/// example policies: 46).
+pub const MAX_NESTING: usize = 1024;
+
 /// Longest guest-supplied text (a rejection message) put into a load error.
 const MAX_GUEST_TEXT_CHARS: usize = crate::error::MAX_REASON_CHARS;
 
@@ -54,6 +66,9 @@ const MAX_IMPORTS_SHOWN: usize = 8;
 #[derive(Clone)]
 pub struct PolicyEngine {
     engine: Engine,
+    /// The engine's configuration, for the throwaway compilers of
+    /// [`compile_module`](Self::compile_module).
+    config: Config,
 }
 
 impl PolicyEngine {
@@ -82,17 +97,19 @@ impl PolicyEngine {
         }
         let engine = Engine::new(&config)
             .map_err(|e| LoadError::new(format!("the policy engine cannot start: {e:#}")))?;
-        Ok(PolicyEngine { engine })
+        Ok(PolicyEngine { engine, config })
     }
 
     /// Checks, compiles, instantiates and configures a policy.
     ///
     /// Refused, each with its own message: an invalid name, a module larger
-    /// than `max_module_bytes`, settings larger than [`MAX_INPUT_BYTES`], bytes
-    /// that are not a valid module (for the enabled features), any import,
-    /// missing or ill-typed exports, an ABI version other than
-    /// [`abi::ABI_VERSION`], a failure while starting (bounded by `limits`),
-    /// and settings the policy rejects (with the policy's own message).
+    /// than `max_module_bytes`, settings larger than [`MAX_INPUT_BYTES`], a
+    /// function body above [`MAX_FUNCTION_BYTES`] or nested deeper than
+    /// [`MAX_NESTING`], bytes that are not a valid module (for the enabled
+    /// features), any import, missing or ill-typed exports, an ABI version
+    /// other than [`abi::ABI_VERSION`], a failure while starting (bounded by
+    /// `limits`), and settings the policy rejects (with the policy's own
+    /// message).
     pub fn compile(
         &self,
         spec: PolicySpec,
@@ -107,8 +124,8 @@ impl PolicyEngine {
                 spec.settings.len()
             )));
         }
-        let module = Module::from_binary(&self.engine, &spec.wasm)
-            .map_err(|e| LoadError::new(format!("not a valid WebAssembly module: {e:#}")))?;
+        check_code_shape(&spec.wasm)?;
+        let module = self.compile_module(&spec.wasm)?;
         check_imports(&module)?;
         check_exports(&module)?;
         let guest = Guest::start(&module, &spec.settings, limits)?;
@@ -120,6 +137,67 @@ impl PolicyEngine {
             instance: State::Live(guest),
         })
     }
+
+    /// Compiles `wasm` with a throwaway engine of the same configuration and
+    /// moves the code into this one. Cranelift keeps its scratch buffers,
+    /// as large as the largest function it ever compiled, for the life of
+    /// its engine: this way they go when the compile ends, refused or not.
+    fn compile_module(&self, wasm: &[u8]) -> Result<Module, LoadError> {
+        let internal =
+            |e: wasmtime::Error| LoadError::new(format!("the policy engine failed: {e:#}"));
+        let compiler = Engine::new(&self.config).map_err(internal)?;
+        let code = Module::from_binary(&compiler, wasm)
+            .map_err(|e| LoadError::new(format!("not a valid WebAssembly module: {e:#}")))?
+            .serialize()
+            .map_err(internal)?;
+        drop(compiler);
+        // SAFETY: `code` was serialized just now, in this process, by an
+        // engine of the same configuration and version, and never left
+        // memory: `Module::deserialize` asks exactly that of its input.
+        unsafe { Module::deserialize(&self.engine, &code) }.map_err(internal)
+    }
+}
+
+/// Refuses a function body above [`MAX_FUNCTION_BYTES`] or nested deeper
+/// than [`MAX_NESTING`], before anything is compiled. Bytes that do not
+/// parse are left to the compiler, which names the error.
+fn check_code_shape(wasm: &[u8]) -> Result<(), LoadError> {
+    use wasmtime::wasmparser::{Operator, Parser, Payload};
+    let bodies = Parser::new(0)
+        .parse_all(wasm)
+        .map_while(Result::ok)
+        .filter_map(|payload| match payload {
+            Payload::CodeSectionEntry(body) => Some(body),
+            _ => None,
+        });
+    for (index, body) in bodies.enumerate() {
+        let size = body.range().len();
+        if size > MAX_FUNCTION_BYTES {
+            return Err(LoadError::new(format!(
+                "function body {index} is {size} bytes; the maximum is {MAX_FUNCTION_BYTES}"
+            )));
+        }
+        let Ok(mut ops) = body.get_operators_reader() else {
+            return Ok(());
+        };
+        let mut depth = 0usize;
+        while !ops.eof() {
+            match ops.read() {
+                Ok(Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. }) => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        return Err(LoadError::new(format!(
+                            "function body {index} nests blocks more than {MAX_NESTING} deep"
+                        )));
+                    }
+                }
+                Ok(Operator::End) => depth = depth.saturating_sub(1),
+                Ok(_) => {}
+                Err(_) => return Ok(()),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The Wasm proposals refused at load (see [`PolicyEngine`]).

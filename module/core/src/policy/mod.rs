@@ -37,8 +37,8 @@ mod runner;
 mod specs;
 
 pub use engine::{
-    CompiledPolicy, MAX_INPUT_BYTES, MAX_TABLE_ELEMENTS, MAX_WASM_STACK_BYTES, PolicyEngine,
-    check_module_size,
+    CompiledPolicy, MAX_FUNCTION_BYTES, MAX_INPUT_BYTES, MAX_NESTING, MAX_TABLE_ELEMENTS,
+    MAX_WASM_STACK_BYTES, PolicyEngine, check_module_size,
 };
 pub use error::{EvalFailure, LoadError};
 pub use registry::{Evaluation, Note, PolicyInfo, Registry};
@@ -121,13 +121,14 @@ pub struct EvalLimits {
 }
 
 impl EvalLimits {
-    /// Suggested defaults: one million fuel (about a millisecond of guest
-    /// code at worst) and 16 MiB of linear memory. A Rust policy's memory
-    /// starts with its shadow stack (1 MiB by default on wasm32; this
+    /// The server's defaults (`lockwarden.policy-fuel`,
+    /// `lockwarden.policy-memory-kb`): one million fuel (about a millisecond
+    /// of guest code at worst) and 4 MiB of linear memory. A Rust policy's
+    /// memory starts with its shadow stack (1 MiB by default on wasm32; this
     /// repository builds its policies with 128 KiB) and its static data.
     pub const DEFAULT: EvalLimits = EvalLimits {
         fuel: 1_000_000,
-        memory_bytes: 16 << 20,
+        memory_bytes: 4 << 20,
     };
 }
 

@@ -7,8 +7,9 @@ use lockwarden_sdk::abi::{Decision, Request};
 use std::io::Read;
 use std::path::Path;
 
-/// The module size limit of [`PolicyRunner::from_file`].
-pub const DEFAULT_MAX_MODULE_BYTES: usize = 16 << 20;
+/// The module size limit of [`PolicyRunner::from_file`]: the server's
+/// default (`lockwarden.policy-max-module-kb`).
+pub const DEFAULT_MAX_MODULE_BYTES: usize = 4 << 20;
 
 /// One policy, loaded and evaluated exactly as the server does.
 ///

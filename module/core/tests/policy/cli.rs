@@ -77,12 +77,12 @@ fn check_reports_load_errors() {
     let big = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("big.wasm");
     std::fs::File::create(&big)
         .unwrap()
-        .set_len(17 << 20)
+        .set_len((4 << 20) + 1)
         .unwrap();
     let (code, _, err) = run(&["check", big.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(
-        err.ends_with("big.wasm is 17825792 bytes; the maximum module size is 16777216\n"),
+        err.ends_with("big.wasm is 4194305 bytes; the maximum module size is 4194304\n"),
         "{err}"
     );
 

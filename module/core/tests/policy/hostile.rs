@@ -4,7 +4,8 @@
 use crate::guest::*;
 use lockwarden_core::LockError;
 use lockwarden_core::policy::{
-    EvalFailure, EvalLimits, FailureMode, MAX_INPUT_BYTES, PolicyRunner, PolicySpec, Registry,
+    EvalFailure, EvalLimits, FailureMode, MAX_FUNCTION_BYTES, MAX_INPUT_BYTES, MAX_NESTING,
+    PolicyRunner, PolicySpec, Registry,
 };
 use lockwarden_sdk::abi::{self, Configured, Decision};
 
@@ -283,6 +284,50 @@ fn a_module_above_the_size_limit_is_refused() {
     refused_guest(
         &guest,
         "instantiation failed: fuel exhausted (limit 100000)",
+    );
+}
+
+#[test]
+fn oversized_and_deeply_nested_function_bodies_are_refused_before_compiling() {
+    // Compile memory grows with a body's size: a body above the limit is
+    // refused before anything is compiled.
+    let body = |adds: usize| {
+        let adds = "(local.set $x (i32.add (local.get $x) (i32.const 1)))".repeat(adds);
+        Guest::allow().before_evaluate(&format!("(local $x i32) {adds}"))
+    };
+    // 7 bytes per addition; `lockwarden_evaluate` is the fourth body.
+    assert!(
+        engine()
+            .compile(body(18_000).spec("below"), MAX_MODULE, LIMITS)
+            .is_ok()
+    );
+    let over = body(19_000);
+    let error = match engine().compile(over.spec("over"), MAX_MODULE, LIMITS) {
+        Ok(_) => panic!("a body above the limit loaded"),
+        Err(e) => e.to_string(),
+    };
+    let size: usize = error
+        .strip_prefix("BADPOLICY function body 3 is ")
+        .and_then(|rest| rest.strip_suffix(&format!(" bytes; the maximum is {MAX_FUNCTION_BYTES}")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{error}"));
+    assert!(
+        size > MAX_FUNCTION_BYTES && size < over.wasm().len(),
+        "{error}"
+    );
+
+    let nested = |depth: usize| {
+        let open = "(block ".repeat(depth / 2) + &"(loop ".repeat(depth - depth / 2);
+        Guest::allow().before_evaluate(&format!("{open}{}", ")".repeat(depth)))
+    };
+    assert!(
+        engine()
+            .compile(nested(MAX_NESTING).spec("deep"), MAX_MODULE, LIMITS)
+            .is_ok()
+    );
+    refused_guest(
+        &nested(MAX_NESTING + 1),
+        &format!("function body 3 nests blocks more than {MAX_NESTING} deep"),
     );
 }
 
