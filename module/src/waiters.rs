@@ -121,13 +121,11 @@ pub fn block(
     // disconnect) goes through one path, and a grant can never race Redis's
     // own timeout handling (which on Redis 7.0 drops the reply of a client
     // unblocked in the same event-loop turn its timeout passes).
-    // (`on_unblock` serves `CLIENT UNBLOCK`, which Redis only allows for
-    // clients blocked with a timeout callback.)
     let bc = api!(
         RedisModule_BlockClient,
         ctx,
         Some(on_reply),
-        Some(on_unblock),
+        unblock_callback(),
         Some(free_wake),
         0
     );
@@ -151,6 +149,18 @@ pub fn block(
     if needs_timer {
         arm(&lk, until_after(holder_deadline_ms, ffi::command_now_ms()));
     }
+}
+
+/// The callback serving `CLIENT UNBLOCK`, which Redis allows only for
+/// clients blocked with one, where it is safe: from Redis 7.2 (and in
+/// Valkey), `CLIENT UNBLOCK` leaves alone a client the module has already
+/// unblocked. Redis 7.0 does not: it would end the wait of a waiter whose
+/// grant is on its way without any reply, and the client would wait
+/// forever. So on 7.0 waiters have no such callback and `CLIENT UNBLOCK`
+/// answers 0 for them; their `WAIT` timeout ends the wait.
+fn unblock_callback() -> raw::RedisModuleCmdFunc {
+    const REDIS_7_2: c_int = 0x00_07_02_00;
+    (api!(RedisModule_GetServerVersion) >= REDIS_7_2).then_some(on_unblock as _)
 }
 
 /// Removes a blocked client from its queue; false if it was not queued.
@@ -449,8 +459,8 @@ unsafe extern "C" fn on_reply(ctx: *mut Ctx, _argv: *mut *mut RString, _argc: c_
     raw::REDISMODULE_OK as c_int
 }
 
-/// `CLIENT UNBLOCK id` (without `ERROR`): the wait ends with nil, as a
-/// timeout would.
+/// `CLIENT UNBLOCK id` (without `ERROR`; Redis 7.2+ and Valkey, see
+/// [`unblock_callback`]): the wait ends with nil, as a timeout would.
 unsafe extern "C" fn on_unblock(ctx: *mut Ctx, _argv: *mut *mut RString, _argc: c_int) -> c_int {
     ffi::guard("waiter unblock", (), || {
         let bc = api!(RedisModule_GetBlockedClientHandle, ctx);

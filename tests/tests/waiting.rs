@@ -78,6 +78,16 @@ impl Pending {
     }
 }
 
+/// Whether `CLIENT UNBLOCK` applies to waiters: from Redis 7.2 (Valkey
+/// reports 7.2.4).
+fn unblock_applies(server: &Server) -> bool {
+    let version = server
+        .info_field("server", "redis_version")
+        .unwrap_or_default();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (7, 2)
+}
+
 /// Starts `LOCK.ACQUIRE key owner ttl WAIT wait` on a new connection and
 /// waits until the server counts `queued_after` waiters for `key`.
 fn queue_waiter(
@@ -530,7 +540,9 @@ for_each_flavor! {
     }
 
     /// CLIENT UNBLOCK ends a WAIT (nil, or an error with ERROR) and the
-    /// client leaves the queue.
+    /// client leaves the queue. On Redis 7.0 it does not apply to waiters
+    /// (it answers 0 and they keep waiting): there it would end the wait of
+    /// a waiter whose grant is on its way without any reply.
     fn client_unblock_leaves_queue(flavor: Flavor) {
         let server = Server::start(flavor);
         let before = lw_stats(&server);
@@ -549,6 +561,15 @@ for_each_flavor! {
         wait_until("b queued", TIMEOUT, || lock_field(&server, "u", "waiters") == 2);
         let mut c = queue_waiter(&server, "u", "c", 30000, 30000, 3);
 
+        if !unblock_applies(&server) {
+            assert_eq!(server.cmd_text(&["CLIENT", "UNBLOCK", &a_id]), "0");
+            assert_eq!(server.cmd_text(&["CLIENT", "UNBLOCK", &b_id, "ERROR"]), "0");
+            assert_eq!(lock_field(&server, "u", "waiters"), 3);
+            assert_eq!(server.cmd_text(&["LOCK.RELEASE", "u", "holder"]), "1");
+            assert!(a.expect_line().starts_with("[") , "a is served first");
+            assert_eq!(owner_of(&server, "u").as_deref(), Some("a"));
+            return;
+        }
         assert_eq!(server.cmd_text(&["CLIENT", "UNBLOCK", &a_id]), "1");
         assert_eq!(a.expect_line(), "(nil)");
         assert_eq!(lock_field(&server, "u", "waiters"), 2);
@@ -565,6 +586,35 @@ for_each_flavor! {
         // The unblocked clients' connections still work and hold nothing.
         assert_eq!(a.exec("PING"), "PONG");
         assert_eq!(b.exec("PING"), "PONG");
+    }
+
+    /// A handoff and a CLIENT UNBLOCK of the same waiter in one event-loop
+    /// turn (one pipeline): the waiter gets its grant, never silence.
+    fn unblock_racing_a_handoff_still_replies(flavor: Flavor) {
+        let server = Server::start(flavor);
+        acquire(&server, "ur", "holder", 30000).unwrap();
+        let mut w = LwClient::new(server.port())
+            .cmds(&["CLIENT ID", "LOCK.ACQUIRE ur w 30000 WAIT 30000"])
+            .interactive()
+            .spawn();
+        let w_id = w.expect_line();
+        wait_until("w queued", TIMEOUT, || lock_field(&server, "ur", "waiters") == 1);
+        let mut conn = server.client();
+        let replies: Vec<Value> = redis::pipe()
+            .cmd("LOCK.RELEASE")
+            .arg("ur")
+            .arg("holder")
+            .cmd("CLIENT")
+            .arg("UNBLOCK")
+            .arg(&w_id)
+            .query(&mut conn)
+            .expect("pipeline");
+        assert_eq!(replies[0], Value::Int(1));
+        let line = w.expect_line();
+        assert!(line.starts_with("["), "the waiter got {line}, not its grant");
+        assert_eq!(owner_of(&server, "ur").as_deref(), Some("w"));
+        assert_eq!(w.exec("PING"), "PONG");
+        assert_eq!(lw_stat(&server, "grants_revoked"), 0);
     }
 
         /// A waiter that is granted the lock but disconnects before the reply
