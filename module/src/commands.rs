@@ -186,6 +186,7 @@ fn ask(
 
 /// `LOCK.ACQUIRE key owner ttl-ms [WAIT timeout-ms] [SESSION]`
 pub fn acquire(call: &Call) -> Outcome {
+    primary_only(call)?;
     let args = call.args();
     let req = parse::acquire(&args)?;
     if req.session && call.flags() & ffi::CTX_SCRIPT != 0 {
@@ -264,6 +265,7 @@ pub fn acquire(call: &Call) -> Outcome {
 
 /// `LOCK.RELEASE key owner [FENCE token]`
 pub fn release(call: &Call) -> Outcome {
+    primary_only(call)?;
     let args = call.args();
     let req = parse::release(&args)?;
     let now = ffi::command_now_ms();
@@ -286,6 +288,7 @@ pub fn release(call: &Call) -> Outcome {
 
 /// `LOCK.EXTEND key owner ttl-ms [FENCE token]`
 pub fn extend(call: &Call) -> Outcome {
+    primary_only(call)?;
     let args = call.args();
     let req = parse::extend(&args)?;
     let now = ffi::command_now_ms();
@@ -364,6 +367,18 @@ pub fn info(call: &Call) -> Outcome {
 
 /// Internal commands are accepted only from the replication link and while
 /// loading the AOF, so no client can forge a token.
+/// Lock and policy writes from clients are made on the primary only. Redis
+/// refuses writes on a replica unless `replica-read-only no`; then a
+/// replica would grant locks its primary knows nothing of (two holders),
+/// with tokens from its own clock.
+pub fn primary_only(call: &Call) -> Result<(), LockError> {
+    let flags = call.flags();
+    if flags & ffi::CTX_REPLICA != 0 && flags & (ffi::CTX_REPLICATED | ffi::CTX_LOADING) == 0 {
+        return Err(LockError::ReadOnly);
+    }
+    Ok(())
+}
+
 fn internal_only(call: &Call, name: &str) -> Result<(), LockError> {
     if call.flags() & (ffi::CTX_REPLICATED | ffi::CTX_LOADING) == 0 {
         return Err(LockError::syntax(format!(

@@ -403,6 +403,8 @@ pub const CTX_NO_BLOCKING: u32 = raw::REDISMODULE_CTX_FLAGS_MULTI
     | raw::REDISMODULE_CTX_FLAGS_LUA
     | raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING;
 pub const CTX_LOADING: u32 = raw::REDISMODULE_CTX_FLAGS_LOADING;
+/// This node is a replica.
+pub const CTX_REPLICA: u32 = raw::REDISMODULE_CTX_FLAGS_SLAVE;
 /// Inside a Lua script or function: the context's client is the script
 /// engine's, not the connection that called the script.
 pub const CTX_SCRIPT: u32 = raw::REDISMODULE_CTX_FLAGS_LUA;

@@ -14,8 +14,8 @@ use crate::config::{self, Id};
 use crate::ffi::{self, Call, Ctx, Key, OwnedString, RString, Slot, api, reply};
 use crate::lease_type::ty;
 use crate::state::MainThread;
-use crate::stats;
 use crate::waiters::{self, LockKey};
+use crate::{commands, stats};
 use lockwarden_core::policy::{
     CompiledPolicy, EvalLimits, FailureMode, LoadError, Note, PolicyEngine, PolicySpec, Registry,
     check_module_size, decode_specs, encode_specs,
@@ -139,6 +139,7 @@ pub fn check(call: &Call, ask: &Ask<'_>) -> Result<Option<u64>, LockError> {
 
 /// `LOCK.POLICY LOAD name [KEYS glob] [MODE enforce|audit] [CONFIG settings] [REPLACE] WASM bytes`
 pub fn load(call: &Call) -> Result<(), LockError> {
+    commands::primary_only(call)?;
     let args = call.args();
     let req = parse::policy_load(&args[1..])?;
     let flags = call.flags();
@@ -339,6 +340,7 @@ unsafe extern "C" fn free_load(_ctx: *mut Ctx, data: *mut c_void) {
 
 /// `LOCK.POLICY UNLOAD name`
 pub fn unload(call: &Call) -> Result<(), LockError> {
+    commands::primary_only(call)?;
     let args = call.args();
     let [_, name] = args.as_slice() else {
         return Err(LockError::syntax(

@@ -83,6 +83,7 @@ pub fn error(e: &LockError) {
         LockError::Syntax(_)
         | LockError::WrongType
         | LockError::BadPolicy(_)
+        | LockError::ReadOnly
         | LockError::TokensExhausted => {}
     }
 }

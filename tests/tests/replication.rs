@@ -95,6 +95,8 @@ for_each_flavor! {
 
     /// The replica refuses LOCK.ACQUIRE / RELEASE / EXTEND (READONLY) and
     /// LOCK._GRANT from a client, and serves LOCK.INFO; nothing changes.
+    /// Also with `replica-read-only no` (the module refuses then), for
+    /// LOCK.POLICY LOAD and UNLOAD too.
     fn replica_rejects_lock_writes(flavor: Flavor) {
         let pair = ReplicaPair::start(flavor, |b| b);
         let (p, r) = (&pair.primary, &pair.replica);
@@ -104,16 +106,27 @@ for_each_flavor! {
         let deadline = (now_ms() + 60000).to_string();
         let now = now_ms().to_string();
         let fence = t.to_string();
-        for args in [
+        let writes = [
             vec!["LOCK.ACQUIRE", "ro:k", "alice", "30000"],
             vec!["LOCK.ACQUIRE", "ro:other", "bob", "30000"],
             vec!["LOCK.ACQUIRE", "ro:other", "bob", "30000", "WAIT", "100"],
+            vec!["LOCK.ACQUIRE", "ro:other", "bob", "30000", "SESSION"],
             vec!["LOCK.RELEASE", "ro:k", "alice"],
             vec!["LOCK.RELEASE", "ro:k", "alice", "FENCE", &fence],
             vec!["LOCK.EXTEND", "ro:k", "alice", "50000"],
-        ] {
-            assert_err(&r.cmd(&args), "READONLY", &format!("{args:?} on the replica"));
+            vec!["LOCK.POLICY", "UNLOAD", "p"],
+        ];
+        for read_only in ["yes", "no"] {
+            assert_eq!(r.cmd_text(&["CONFIG", "SET", "replica-read-only", read_only]), "OK");
+            for args in &writes {
+                assert_err(&r.cmd(args), "READONLY", &format!("{args:?} on the replica (replica-read-only {read_only})"));
+            }
+            let wasm = std::fs::read(policy_path("max-ttl")).expect("max-ttl.wasm");
+            let mut c = r.client();
+            let load = req_bytes(&mut c, &[b"LOCK.POLICY", b"LOAD", b"p", b"CONFIG", br#"{"default_ms":1}"#, b"WASM", &wasm]);
+            assert_err(&load, "READONLY", &format!("LOCK.POLICY LOAD on the replica (replica-read-only {read_only})"));
         }
+        assert_eq!(r.cmd_text(&["LOCK.POLICY", "LIST"]), "[]");
         let fields = format!("5:{deadline}:{now}:0:0");
         let forged = r.cmd(&["LOCK._GRANT", "ro:other", "mallory", &fields]);
         assert!(err_code(&forged).is_some(), "LOCK._GRANT on the replica: {}", render(&forged));

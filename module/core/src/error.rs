@@ -14,6 +14,7 @@
 //! | `POLICY`   | a policy failed (trap, fuel, memory, bad decision) under `policy-failure deny` |
 //! | `WRONGTYPE`| the key holds a value that is not a lock |
 //! | `BADPOLICY`| `LOCK.POLICY LOAD` refused a module or its settings |
+//! | `READONLY` | a lock or policy write sent to a replica (also with `replica-read-only no`): the primary decides |
 //! | `TOKENS`   | no fencing token is left: the high-water mark is at the maximum (only a forged lease restored with `RESTORE` can do that) |
 
 use std::fmt;
@@ -59,6 +60,10 @@ pub enum LockError {
     WrongType,
     /// `LOCK.POLICY LOAD` refused a module or its settings.
     BadPolicy(String),
+    /// A lock or policy write sent to a replica: only the primary decides
+    /// (a replica with `replica-read-only no` would otherwise grant locks
+    /// its primary knows nothing of).
+    ReadOnly,
     /// The token clock's high-water mark is at [`crate::clock::MAX_TOKEN`]:
     /// no larger token exists.
     TokensExhausted,
@@ -84,6 +89,7 @@ impl LockError {
             LockError::Policy { .. } => "POLICY",
             LockError::WrongType => "WRONGTYPE",
             LockError::BadPolicy(_) => "BADPOLICY",
+            LockError::ReadOnly => "READONLY",
             LockError::TokensExhausted => "TOKENS",
         }
     }
@@ -125,6 +131,9 @@ impl fmt::Display for LockError {
                 f.write_str("Operation against a key holding the wrong kind of value")
             }
             LockError::BadPolicy(m) => write!(f, "{}", Clean(m)),
+            LockError::ReadOnly => {
+                f.write_str("this node is a replica: locks and policies change on the primary only")
+            }
             LockError::TokensExhausted => write!(
                 f,
                 "no fencing token is left: the high-water mark is {} (was a forged lease restored?)",
