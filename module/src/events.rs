@@ -1,5 +1,6 @@
 //! Server and keyspace events the module follows:
-//! * end of a load: client ids in an RDB are trusted only during that load;
+//! * loads: client ids in an RDB are trusted only during that load, and
+//!   what a load replays is not counted again;
 //! * replication role changes: only a primary counts expirations and
 //!   releases session locks;
 //! * client disconnects: session locks are released;
@@ -67,9 +68,10 @@ unsafe extern "C" fn on_loading(
     _data: *mut c_void,
 ) {
     ffi::guard("loading event", (), || {
-        if sub == raw::REDISMODULE_SUBEVENT_LOADING_ENDED
-            || sub == raw::REDISMODULE_SUBEVENT_LOADING_FAILED
-        {
+        let ended = sub == raw::REDISMODULE_SUBEVENT_LOADING_ENDED
+            || sub == raw::REDISMODULE_SUBEVENT_LOADING_FAILED;
+        state::set_loading(!ended);
+        if ended {
             persist::loading_ended();
         }
     })

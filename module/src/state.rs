@@ -32,6 +32,7 @@ static CLOCK: MainThread<Cell<TokenClock>> = MainThread::new(Cell::new(TokenCloc
 static INCARNATION: MainThread<Cell<u64>> = MainThread::new(Cell::new(0));
 static OWN_WRITE: MainThread<Cell<bool>> = MainThread::new(Cell::new(false));
 static PRIMARY: AtomicBool = AtomicBool::new(true);
+static LOADING: MainThread<Cell<bool>> = MainThread::new(Cell::new(false));
 
 /// Runs `f` (which deletes or overwrites a lock key on the module's own
 /// behalf) so that the unlink callback does not count it as a lock lost.
@@ -54,6 +55,16 @@ pub fn is_primary() -> bool {
 
 pub fn set_primary(primary: bool) {
     PRIMARY.store(primary, Relaxed);
+}
+
+/// Is the node loading its dataset (RDB, AOF, or a full sync)? What is
+/// replayed then (an AOF's releases and expirations) happened before.
+pub fn is_loading() -> bool {
+    LOADING.get().get()
+}
+
+pub fn set_loading(loading: bool) {
+    LOADING.get().set(loading);
 }
 
 /// Runs `f` with the token clock, storing back any change.

@@ -107,7 +107,8 @@ pub fn locks() -> i64 {
 /// lease was deleted behind the holder's back (`DEL`, overwrite, ...).
 /// Counted on primaries only: replicas just follow the primary's `DEL`s.
 pub fn lock_unlinked(lease: &Lease, now_ms: i64) {
-    if !state::is_primary() {
+    // A replica follows; a load replays what was counted when it happened.
+    if !state::is_primary() || state::is_loading() {
         return;
     }
     let end = now_ms.min(lease.deadline_ms);

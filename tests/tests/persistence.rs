@@ -284,6 +284,34 @@ for_each_flavor! {
         high_water_scenario(flavor, Persist::AofNoPreamblePaused);
     }
 
+    /// A restart from the AOF replays its releases and deletions: they were
+    /// counted when they happened, not again as locks lost behind their
+    /// holders' backs or as hold times.
+    fn aof_replay_counts_no_lost_locks(flavor: Flavor) {
+        for preamble in ["yes", "no"] {
+            let s = Server::builder(flavor)
+                .arg("appendonly", "yes")
+                .arg("appendfsync", "always")
+                .arg("aof-use-rdb-preamble", preamble)
+                .start();
+            for i in 0..5 {
+                acquire_release(&s, &format!("c:{i}"), "alice", 60000);
+            }
+            acquire_ok(&s, "c:held", "bob", 60000);
+            acquire_ok(&s, "c:deleted", "carol", 60000);
+            assert_eq!(s.cmd(&["DEL", "c:deleted"]), Value::Int(1));
+            assert_eq!(lw_stat(&s, "deleted_while_held"), 1);
+            // Replayed hold times would now be at least this long.
+            std::thread::sleep(Duration::from_millis(300));
+            s.restart_after_kill();
+            let after = lw_stats(&s);
+            let counted = ["deleted_while_held", "expired_while_held", "hold_max_ms"].map(|f| after[f]);
+            assert_eq!(counted, [0, 0, 0], "preamble {preamble}: {after:?}");
+            assert_eq!(after["locks_held"], 1, "preamble {preamble}");
+            assert_eq!(owner_of(&s, "c:held").as_deref(), Some("bob"));
+        }
+    }
+
     /// AOF with the RDB preamble (the default).
     fn aof_restart_with_rdb_preamble(flavor: Flavor) {
         aof_scenario(flavor, "yes");
