@@ -173,16 +173,16 @@ pub fn load(call: &Call) -> Result<(), LockError> {
         reply::ok(call.ctx);
         return Ok(());
     }
-    // The primary already accepted what it replicates: a replica or the AOF
-    // loader must not diverge because its own size limit differs.
-    let max = if from_dataset {
-        usize::MAX
-    } else {
-        max_module_bytes()
-    };
     if from_dataset {
-        let compiled = engine().compile(spec, max, limits()).map_err(load_error);
-        return finish_load(call.ctx, compiled, replace);
+        // What the primary accepted is kept, even if it cannot start here
+        // (or is above this node's own size limit): a replica or the AOF
+        // loader must not diverge.
+        let name = spec.name.clone();
+        let (policy, failed) = engine().compile_kept(spec, limits());
+        if let Some(e) = &failed {
+            not_started(&name, e);
+        }
+        return finish_load(call.ctx, Ok(policy), replace);
     }
     let bc = api!(
         RedisModule_BlockClient,
@@ -196,7 +196,7 @@ pub fn load(call: &Call) -> Result<(), LockError> {
         bc: bc as usize,
         replace,
     };
-    let limits = limits();
+    let (max, limits) = (max_module_bytes(), limits());
     let spawned = std::thread::Builder::new()
         .name("lockwarden-compile".into())
         // The policy's configuration runs on this thread too: room for the
@@ -491,18 +491,24 @@ pub fn restore(bytes: &[u8]) -> Result<(), String> {
             );
             continue;
         }
-        match engine().compile(spec, usize::MAX, limits()) {
-            Ok(p) => {
-                with(|r| r.install(p, true)).map_err(|e| e.to_string())?;
-                tracing::info!("policy {name} restored");
-            }
-            Err(e) => {
-                stats::POLICIES_NOT_RESTORED.incr();
-                tracing::warn!("policy {name} could not be restored and is NOT enforced: {e}");
-            }
+        let (policy, failed) = engine().compile_kept(spec, limits());
+        with(|r| r.install(policy, true)).map_err(|e| e.to_string())?;
+        match failed {
+            None => tracing::info!("policy {name} restored"),
+            Some(e) => not_started(&name, &e),
         }
     }
     Ok(())
+}
+
+/// A policy of the dataset was kept but could not start: counted, and
+/// logged loudly (its evaluations fail until it is fixed).
+fn not_started(name: &str, e: &LoadError) {
+    stats::POLICIES_NOT_RESTORED.incr();
+    tracing::warn!(
+        "policy {name} from the dataset could not start and is kept broken: lock commands on its keys fail (lockwarden.policy-failure deny) or skip it (allow) until it is fixed (raise the limit it hit, or LOCK.POLICY LOAD ... REPLACE / UNLOAD it): {}",
+        e.message()
+    );
 }
 
 /// The name of the policy the module arguments loaded, if any. It is this

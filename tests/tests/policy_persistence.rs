@@ -6,7 +6,7 @@ mod policy_support;
 
 use std::process::{Command, Stdio};
 
-use lockwarden_tests::redis::{self, ConnectionLike};
+use lockwarden_tests::redis::{self, ConnectionLike, Value};
 use lockwarden_tests::*;
 use policy_support::*;
 
@@ -467,6 +467,63 @@ for_each_flavor! {
         assert_eq!(replica.cmd_text(&["REPLICAOF", "127.0.0.1", &port]), "OK");
         wait_for_sync(&primary, &replica);
         assert_eq!(specs(&replica), specs(&primary), "after a full sync");
+    }
+
+    /// A policy of the dataset that cannot start on this node (here: the
+    /// node runs with a fuel limit below what the policy's instantiation
+    /// needs) is kept, broken, not dropped: listed with the reason, failing
+    /// lock commands on its keys, saved again, and working once the limit is
+    /// raised. From an RDB, from an AOF without preamble, and live on a
+    /// replica.
+    fn a_policy_that_cannot_start_is_kept_broken(flavor: Flavor) {
+        let assert_broken = |server: &Server, how: &str| {
+            let broken = render(listed(server, "ttl").get("broken"));
+            assert!(broken.contains("fuel exhausted"), "{how}: broken: {broken}");
+            assert_eq!(lw_stat(server, "policies_not_restored"), 1, "{how}");
+            assert_error(&acquire(server, "k", "me", 60_000), "POLICY policy ttl failed: ");
+        };
+        let config = r#"{"default_ms":5000}"#;
+
+        let first = Server::start(flavor);
+        load_example(&first, "ttl", "max-ttl", "*", config);
+        first.shutdown(Shutdown::Save);
+        let low = Server::builder(flavor).dir(first.dir()).module_arg("policy-fuel", "1000").start();
+        assert_broken(&low, "from the RDB");
+        // Saved while broken, with its spec: a node with the default limits
+        // loads it working.
+        low.shutdown(Shutdown::Save);
+        let normal = Server::builder(flavor).dir(first.dir()).start();
+        assert_eq!(acquire_ok(&normal, "k", "me", 60_000).1, 5000);
+        drop(normal);
+        // The limit raised at run time: the start is retried within a second.
+        let low = Server::builder(flavor).dir(first.dir()).module_arg("policy-fuel", "1000").start();
+        assert_broken(&low, "from the RDB again");
+        config_set(&low, "lockwarden.policy-fuel", "1000000");
+        wait_until("the policy starts", TIMEOUT, || {
+            let reply = low.cmd(&["LOCK.ACQUIRE", "k2", "me", "60000"]);
+            matches!(reply, Value::Array(_)) && grant(&reply).1 == 5000
+        });
+        assert_eq!(listed(&low, "ttl").get("broken"), &Value::Nil);
+
+        let aof = |b: ServerBuilder| b.arg("appendonly", "yes").arg("aof-use-rdb-preamble", "no");
+        let first = aof(Server::builder(flavor)).start();
+        load_example(&first, "ttl", "max-ttl", "*", config);
+        first.kill9();
+        let low = aof(Server::builder(flavor)).dir(first.dir()).module_arg("policy-fuel", "1000").start();
+        assert_broken(&low, "from the AOF");
+
+        let primary = Server::start(flavor);
+        let replica = Server::builder(flavor)
+            .module_arg("policy-fuel", "1000")
+            .raw_args(["--replicaof", "127.0.0.1", &primary.port().to_string()])
+            .start();
+        wait_for_sync(&primary, &replica);
+        load_example(&primary, "ttl", "max-ttl", "*", config);
+        wait_for_offset(&primary, &replica);
+        assert_eq!(specs(&replica), specs(&primary), "kept on the replica");
+        let broken = render(listed(&replica, "ttl").get("broken"));
+        assert!(broken.contains("fuel exhausted"), "replica: broken: {broken}");
+        assert_eq!(lw_stat(&replica, "policies_not_restored"), 1);
     }
 
     /// Policies run on the primary only: a replica applies the primary's

@@ -124,18 +124,46 @@ impl PolicyEngine {
                 spec.settings.len()
             )));
         }
-        check_code_shape(&spec.wasm)?;
-        let module = self.compile_module(&spec.wasm)?;
+        let module = self.checked_module(&spec.wasm)?;
+        let guest = Guest::start(&module, &spec.settings, limits)?;
+        Ok(CompiledPolicy::new(spec, Some(module), State::Live(guest)))
+    }
+
+    /// [`compile`](Self::compile) for a policy the dataset already holds
+    /// (restored from an RDB, replayed from the AOF, replicated), whatever
+    /// its size. One that cannot start is kept, broken, with its spec, and
+    /// the reason is returned beside it: it stays listed, saved and
+    /// replicated, and fails its evaluations (closed under `policy-failure
+    /// deny`) until it is fixed. If it compiled (it was a lowered fuel or
+    /// memory limit, say), its start is retried like any broken instance's;
+    /// if it did not, it stays broken until replaced or unloaded.
+    pub fn compile_kept(
+        &self,
+        spec: PolicySpec,
+        limits: EvalLimits,
+    ) -> (CompiledPolicy, Option<LoadError>) {
+        let broken = |e: &LoadError| State::Broken(e.message().to_string(), Instant::now());
+        let module = match self.checked_module(&spec.wasm) {
+            Ok(module) => module,
+            Err(e) => return (CompiledPolicy::new(spec, None, broken(&e)), Some(e)),
+        };
+        match Guest::start(&module, &spec.settings, limits) {
+            Ok(guest) => (
+                CompiledPolicy::new(spec, Some(module), State::Live(guest)),
+                None,
+            ),
+            Err(e) => (CompiledPolicy::new(spec, Some(module), broken(&e)), Some(e)),
+        }
+    }
+
+    /// Checks the shape of `wasm`, compiles it, and checks its imports and
+    /// exports.
+    fn checked_module(&self, wasm: &[u8]) -> Result<Module, LoadError> {
+        check_code_shape(wasm)?;
+        let module = self.compile_module(wasm)?;
         check_imports(&module)?;
         check_exports(&module)?;
-        let guest = Guest::start(&module, &spec.settings, limits)?;
-        Ok(CompiledPolicy {
-            sha256: Sha256::digest(&spec.wasm).into(),
-            reads_caller_user: guest.fields & abi::fields::CALLER_USER != 0,
-            spec,
-            module,
-            instance: State::Live(guest),
-        })
+        Ok(module)
     }
 
     /// Compiles `wasm` with a throwaway engine of the same configuration and
@@ -388,16 +416,16 @@ fn check_exports(module: &Module) -> Result<(), LoadError> {
 pub struct CompiledPolicy {
     spec: PolicySpec,
     sha256: [u8; 32],
-    module: Module,
+    /// `None` for a policy kept from the dataset that does not compile
+    /// ([`PolicyEngine::compile_kept`]).
+    module: Option<Module>,
     instance: State,
-    /// Declared at load (`lockwarden_request_fields`); fixed for the module.
-    reads_caller_user: bool,
 }
 
-/// The instance of a policy: live, or broken by a failed rebuild.
+/// The instance of a policy: live, or broken by a failed (re)start.
 enum State {
     Live(Guest),
-    /// Why the rebuild after a failure failed, and when it was last tried.
+    /// Why the start failed, and when it was last tried.
     Broken(String, Instant),
 }
 
@@ -407,6 +435,15 @@ enum State {
 const REBUILD_RETRY: Duration = Duration::from_secs(1);
 
 impl CompiledPolicy {
+    fn new(spec: PolicySpec, module: Option<Module>, instance: State) -> Self {
+        CompiledPolicy {
+            sha256: Sha256::digest(&spec.wasm).into(),
+            spec,
+            module,
+            instance,
+        }
+    }
+
     /// What the policy was loaded from.
     pub fn spec(&self) -> &PolicySpec {
         &self.spec
@@ -417,10 +454,15 @@ impl CompiledPolicy {
         &self.spec.name
     }
 
-    /// Does the policy read `caller.user`? (Otherwise the host may leave it
-    /// empty and skip the lookup.)
+    /// Does the policy read `caller.user`, as it declared when it started
+    /// (`lockwarden_request_fields`)? Otherwise the host may leave it empty
+    /// and skip the lookup. A broken policy may start at its next
+    /// evaluation: it is assumed to.
     pub fn reads_caller_user(&self) -> bool {
-        self.reads_caller_user
+        match &self.instance {
+            State::Live(guest) => guest.fields & abi::fields::CALLER_USER != 0,
+            State::Broken(..) => true,
+        }
     }
 
     /// The SHA-256 of the module's bytes, in lower-case hex.
@@ -428,7 +470,8 @@ impl CompiledPolicy {
         self.sha256.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Why the instance is unusable, if a rebuild after a failure failed.
+    /// Why the instance is unusable, if its start or a rebuild after a
+    /// failure failed.
     pub fn broken(&self) -> Option<&str> {
         match &self.instance {
             State::Live(_) => None,
@@ -441,7 +484,8 @@ impl CompiledPolicy {
     /// `limits`), and so is an instance whose memory is above a memory cap
     /// lowered since it grew. If the rebuild fails, the policy is broken:
     /// evaluations fail with [`EvalFailure::Unavailable`], and the rebuild is
-    /// tried again at most every [`REBUILD_RETRY`].
+    /// tried again at most every [`REBUILD_RETRY`] (never for a module that
+    /// did not compile).
     pub(crate) fn evaluate(
         &mut self,
         request: &[u8],
@@ -449,7 +493,7 @@ impl CompiledPolicy {
     ) -> Result<Decision, EvalFailure> {
         let stale = match &self.instance {
             State::Live(guest) => guest.memory_bytes() as u64 > limits.memory_bytes,
-            State::Broken(_, tried) => tried.elapsed() >= REBUILD_RETRY,
+            State::Broken(_, tried) => self.module.is_some() && tried.elapsed() >= REBUILD_RETRY,
         };
         if stale {
             self.rebuild(limits);
@@ -467,9 +511,12 @@ impl CompiledPolicy {
 
     /// Replaces the instance with a fresh one (or records why that failed).
     fn rebuild(&mut self, limits: EvalLimits) {
+        let Some(module) = &self.module else {
+            return;
+        };
         // Free the old instance before building its successor.
         self.instance = State::Broken(String::new(), Instant::now());
-        self.instance = match Guest::start(&self.module, &self.spec.settings, limits) {
+        self.instance = match Guest::start(module, &self.spec.settings, limits) {
             Ok(guest) => State::Live(guest),
             Err(e) => State::Broken(format!("rebuild failed: {}", e.message()), Instant::now()),
         };

@@ -692,3 +692,57 @@ fn the_guest_sees_the_request() {
     // Output at address 0, length 0: malformed.
     assert!(runner.evaluate(&acquire(b"x")).is_err());
 }
+
+#[test]
+fn a_policy_kept_from_the_dataset_fails_closed_until_it_can_start() {
+    // Configuring costs some 5000 fuel: it cannot start under 1000.
+    let guest = Guest::counter().before_configure(&spin(1000));
+    let (policy, failed) = engine().compile_kept(guest.spec("kept"), with_fuel(1000));
+    let why = "lockwarden_configure failed: fuel exhausted (limit 1000)";
+    assert_eq!(
+        failed.map(|e| e.message().to_string()).as_deref(),
+        Some(why)
+    );
+    assert_eq!(policy.broken(), Some(why));
+    let mut registry = Registry::new();
+    registry.install(policy, false).unwrap();
+    let verdict = registry
+        .evaluate(&acquire(b"a"), LIMITS, FailureMode::Deny)
+        .verdict;
+    assert_eq!(
+        verdict,
+        Err(LockError::Policy {
+            policy: "kept".into(),
+            cause: format!("instance unavailable (its rebuild is retried every second): {why}"),
+        })
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let evaluation = registry.evaluate(&acquire(b"a"), LIMITS, FailureMode::Deny);
+    assert_eq!(
+        evaluation.verdict,
+        Ok(Some(1)),
+        "started under the raised limit"
+    );
+    assert_eq!(registry.list()[0].broken, None);
+
+    // Bytes that do not compile are kept too (their spec is saved and
+    // replicated), broken for good: nothing to retry.
+    let mut spec = Guest::allow().spec("garbage");
+    spec.wasm = b"\0asm but not really".to_vec();
+    let (policy, failed) = engine().compile_kept(spec.clone(), LIMITS);
+    assert!(failed.is_some());
+    assert_eq!(policy.spec(), &spec);
+    let mut registry = Registry::new();
+    registry.install(policy, false).unwrap();
+    for _ in 0..2 {
+        let verdict = registry
+            .evaluate(&acquire(b"a"), LIMITS, FailureMode::Deny)
+            .verdict;
+        assert!(
+            matches!(verdict, Err(LockError::Policy { .. })),
+            "{verdict:?}"
+        );
+    }
+    let allowed = registry.evaluate(&acquire(b"a"), LIMITS, FailureMode::Allow);
+    assert_eq!((allowed.verdict, allowed.notes.len()), (Ok(None), 1));
+}
