@@ -1,4 +1,5 @@
-//! Redis-style glob matching (`*`, `?`, `[abc]`, `[^a-z]`, `\x`), binary-safe.
+//! Redis glob matching (`*`, `?`, `[abc]`, `[^a-z]`, `\x`), binary-safe, with
+//! the same answers as Redis's own matcher (`KEYS`, `SCAN ... MATCH`).
 //!
 //! Used by the host for `LOCK.POLICY LOAD ... KEYS glob` and `LOCK.LIST MATCH`,
 //! and by policies such as `key-pattern`, so that a glob means the same thing
@@ -30,15 +31,9 @@ pub fn glob_match(pattern: &[u8], subject: &[u8]) -> bool {
                     continue;
                 }
                 b'[' => {
-                    if let Some((matched, next)) = class_match(pattern, p, subject[s]) {
-                        if matched {
-                            p = next;
-                            s += 1;
-                            continue;
-                        }
-                    } else if subject[s] == b'[' {
-                        // An unterminated class matches a literal '['.
-                        p += 1;
+                    let (matched, next) = class_match(pattern, p, subject[s]);
+                    if matched {
+                        p = next;
                         s += 1;
                         continue;
                     }
@@ -72,37 +67,40 @@ pub fn glob_match(pattern: &[u8], subject: &[u8]) -> bool {
     pattern[p..].iter().all(|&c| c == b'*')
 }
 
-/// Matches byte `c` against the class starting at `pattern[open] == b'['`.
-/// Returns whether it matched and the index after the closing `]`, or `None`
-/// when the class is not terminated.
-fn class_match(pattern: &[u8], open: usize, c: u8) -> Option<(bool, usize)> {
+/// Matches byte `c` against the class whose `[` is at `pattern[open]`;
+/// returns whether it matched and the index after the class. As Redis's
+/// `stringmatchlen` does, quirks included, so that a glob selects the same
+/// keys as Redis's own matcher (`KEYS`, `SCAN ... MATCH`): a `]` right after
+/// `[` or `[^` closes an empty class; a range takes the two bytes around a
+/// `-` whatever they are (`[a-]` is the range `]`..`a`, and the class goes
+/// on after it, and compares C `char`s, signed on x86); a class left open
+/// ends the pattern.
+fn class_match(pattern: &[u8], open: usize, c: u8) -> (bool, usize) {
     let mut i = open + 1;
     let negate = pattern.get(i) == Some(&b'^');
     if negate {
         i += 1;
     }
     let mut matched = false;
-    let mut first = true;
     loop {
-        let b = *pattern.get(i)?;
-        if b == b']' && !first {
-            return Some((matched != negate, i + 1));
-        }
-        first = false;
-        if b == b'\\' && i + 1 < pattern.len() {
-            matched |= pattern[i + 1] == c;
-            i += 2;
-        } else if i + 2 < pattern.len() && pattern[i + 1] == b'-' && pattern[i + 2] != b']' {
-            let (lo, hi) = if b <= pattern[i + 2] {
-                (b, pattern[i + 2])
-            } else {
-                (pattern[i + 2], b)
-            };
-            matched |= lo <= c && c <= hi;
-            i += 3;
-        } else {
-            matched |= b == c;
-            i += 1;
+        match &pattern[i..] {
+            [] => return (matched != negate, i),
+            [b'\\', escaped, ..] => {
+                matched |= *escaped == c;
+                i += 2;
+            }
+            [b']', ..] => return (matched != negate, i + 1),
+            [a, b'-', b, ..] => {
+                // Redis compares C `char`s: signed on x86, so bytes from
+                // 0x80 sort before 0x00 there.
+                let [a, b, c] = [*a, *b, c].map(|x| x as core::ffi::c_char);
+                matched |= (a.min(b)..=a.max(b)).contains(&c);
+                i += 3;
+            }
+            [b, ..] => {
+                matched |= *b == c;
+                i += 1;
+            }
         }
     }
 }
@@ -136,9 +134,29 @@ mod tests {
         assert!(m(b"[a-c]", b"b"));
         assert!(m(b"[c-a]", b"b"));
         assert!(!m(b"[a-c]", b"d"));
-        assert!(m(b"[]]", b"]"));
         assert!(m(b"[\\]]", b"]"));
-        assert!(m(b"[", b"["));
+        assert!(m(b"[a\\-z]", b"-"));
+    }
+
+    /// Redis's own matcher's answers (`KEYS`, Redis 7.0 and Valkey 8.0).
+    #[test]
+    fn classes_as_redis_reads_them() {
+        // `]` right after `[` closes an empty class.
+        assert!(!m(b"[]]", b"]"));
+        assert!(!m(b"[]a]", b"a"));
+        assert!(!m(b"[^]]", b"x"));
+        assert!(m(b"[^]]", b"x]"));
+        // `[a-]` is the range `]`..`a`.
+        assert!(!m(b"[a-]", b"-"));
+        assert!(m(b"[a-]", b"]"));
+        assert!(m(b"[a-]", b"_"));
+        // A class left open ends the pattern.
+        assert!(!m(b"[", b"["));
+        assert!(!m(b"a[", b"a["));
+        assert!(!m(b"*[", b"x["));
+        assert!(m(b"[ab", b"b"));
+        assert!(!m(b"[ab", b"bb"));
+        assert!(m(b"[^", b"z"));
     }
 
     #[test]

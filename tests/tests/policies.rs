@@ -634,6 +634,43 @@ for_each_flavor! {
         assert_eq!(ttl, 300, "clamped like any fresh grant");
     }
 
+    /// A policy's `KEYS` glob (the SDK's matcher, also used by policies
+    /// such as key-pattern) selects exactly the keys Redis's own matcher
+    /// does: every pattern of a tricky set against every key, compared with
+    /// `KEYS`.
+    fn globs_match_like_redis(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let keys: &[&[u8]] = &[
+            b"]", b"a", b"b", b"x", b"z", b"-", b"_", b"^", b"[", b"\\", b"*", b"?", b"a[", b"x[", b"x]",
+            b"bb", b"ab", b"a-z", b"a*", b"a]b", b"\x00", b"\xff", b"orders:1", b"orders:",
+        ];
+        let patterns: &[&[u8]] = &[
+            b"[]]", b"[]a]", b"[^]]", b"[^]]]", b"[a-]", b"[a-]]", b"[", b"a[", b"*[", b"[ab", b"[^",
+            b"[a-c]", b"[c-a]", b"[\\]]", b"[a\\-z]", b"a\\*", b"\\", b"[\\", b"*", b"?", b"??",
+            b"[^a-]", b"a*b", b"[]-a]", b"[a-c-e]", b"[-a]", b"[a-\\]", b"*\\", b"orders:*",
+            b"[\x00-\xff]", b"[^\x00]", b"*]*",
+        ];
+        let mut conn = server.client();
+        for key in keys {
+            req_bytes(&mut conn, &[b"SET", key, b"1"]);
+        }
+        for pattern in patterns {
+            let Value::Array(found) = req_bytes(&mut conn, &[b"KEYS", pattern]) else {
+                panic!("KEYS {}", String::from_utf8_lossy(pattern));
+            };
+            for key in keys {
+                let redis = found.contains(&Value::BulkString(key.to_vec()));
+                assert_eq!(
+                    lockwarden_sdk::glob_match(pattern, key),
+                    redis,
+                    "pattern {:?}, key {:?}: Redis says {redis}",
+                    String::from_utf8_lossy(pattern),
+                    String::from_utf8_lossy(key),
+                );
+            }
+        }
+    }
+
     /// `redis-cli -x LOCK.POLICY LOAD name ... WASM < policy.wasm` works.
     fn redis_cli_stdin_load(flavor: Flavor) {
         let server = Server::start(flavor);
