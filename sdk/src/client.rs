@@ -29,9 +29,10 @@
 //! rest of the lease: the watchdog never waits longer than that).
 //!
 //! The lease is timed from just before `LOCK.ACQUIRE` was sent (for `WAIT`,
-//! from the grant's reply); each renewal asks for the first grant's TTL and
-//! renews at a fraction of the TTL the server granted, so a clamp (a policy,
-//! a lowered `max-ttl-ms`) shortens the renewal period too. With
+//! from the grant's reply); each renewal asks for the first grant's TTL (or
+//! that of the guard's last own [`Guard::extend`]) and renews at a fraction
+//! of the TTL the server granted, so a clamp (a policy, a lowered
+//! `max-ttl-ms`) or a shorter own extension shortens the renewal period too. With
 //! [`Options::session`], the lock also ends when the acquiring connection
 //! closes, which the watchdog notices at its next renewal.
 
@@ -239,9 +240,12 @@ impl LockClient {
                     key: key.to_string(),
                     owner: owner.to_string(),
                     token,
-                    ttl: granted_ttl,
-                    lease_end: lease_start + granted_ttl,
                     fraction: opts.renew_every,
+                    lease: Arc::new(Mutex::new(LeaseView {
+                        ttl: granted_ttl,
+                        end: lease_start + granted_ttl,
+                        period: granted_ttl.mul_f64(opts.renew_every),
+                    })),
                 },
                 guard.loss.clone(),
             )?);
@@ -344,8 +348,39 @@ impl Loss {
 }
 
 struct Watchdog {
-    stop: Sender<()>,
+    wake: Sender<Wake>,
     thread: JoinHandle<()>,
+    lease: Arc<Mutex<LeaseView>>,
+    fraction: f64,
+}
+
+/// What wakes the watchdog before its next renewal.
+enum Wake {
+    Stop,
+    /// The guard extended the lease itself: the renewals follow it.
+    Extended,
+}
+
+/// The lease as the guard and its watchdog see it, by this process's clock.
+struct LeaseView {
+    /// The TTL asked for at every renewal: the first grant's, or the one
+    /// of the guard's last own extension.
+    ttl: Duration,
+    /// When the current lease ends.
+    end: Instant,
+    /// How long after a renewal the next one is due: a fraction of the TTL
+    /// last granted.
+    period: Duration,
+}
+
+impl LeaseView {
+    /// A renewal sent at `sent` was granted `granted`.
+    fn renewed(&mut self, sent: Instant, granted: Duration, fraction: f64) {
+        self.end = sent + granted;
+        // A clamp (a policy, a lowered max-ttl-ms) can shorten the lease:
+        // renew within the lease actually granted.
+        self.period = granted.mul_f64(fraction);
+    }
 }
 
 /// What the watchdog renews, and how.
@@ -356,59 +391,79 @@ struct Renewal {
     key: String,
     owner: String,
     token: u64,
-    /// The TTL asked for at every renewal (the first grant's).
-    ttl: Duration,
-    /// When the current lease ends, by this process's clock.
-    lease_end: Instant,
     /// Renew after this fraction of the last granted TTL.
     fraction: f64,
+    lease: Arc<Mutex<LeaseView>>,
+}
+
+fn view(lease: &Mutex<LeaseView>) -> std::sync::MutexGuard<'_, LeaseView> {
+    lease.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Watchdog {
     fn start(r: Renewal, loss: Loss) -> Result<Self, Error> {
-        let (stop, stopped) = bounded::<()>(1);
+        let (wake, woken) = crossbeam_channel::unbounded();
+        let (lease, fraction) = (r.lease.clone(), r.fraction);
         let thread = std::thread::Builder::new()
             .name("lockwarden-watchdog".into())
-            .spawn(move || r.run(&stopped, &loss))
+            .spawn(move || r.run(&woken, &loss))
             .map_err(|e| Error::Redis(RedisError::from(e)))?;
-        Ok(Watchdog { stop, thread })
+        Ok(Watchdog {
+            wake,
+            thread,
+            lease,
+            fraction,
+        })
+    }
+
+    /// The guard's own extension, sent at `sent` asking for `ttl`, was
+    /// granted `granted`: later renewals ask for `ttl`, at its pace.
+    fn extended(&self, ttl: Duration, sent: Instant, granted: Duration) {
+        let mut lease = view(&self.lease);
+        lease.ttl = ttl;
+        lease.renewed(sent, granted, self.fraction);
+        drop(lease);
+        let _ = self.wake.send(Wake::Extended);
     }
 
     /// Stops the watchdog and waits until any renewal in flight is done.
     fn stop(self) {
-        let _ = self.stop.send(());
+        let _ = self.wake.send(Wake::Stop);
         let _ = self.thread.join();
     }
 }
 
 impl Renewal {
     /// Extends the lease until stopped, or until the lock is lost.
-    fn run(self, stopped: &Receiver<()>, loss: &Loss) {
+    fn run(self, woken: &Receiver<Wake>, loss: &Loss) {
         let Renewal {
             client,
             conn,
             key,
             owner,
             token,
-            ttl,
-            mut lease_end,
             fraction,
+            lease,
         } = self;
-        let mut period = ttl.mul_f64(fraction);
+        let lease_end = || view(&lease).end;
         let mut conn = Some(conn);
         loop {
-            // Renew early; after a failure, retry sooner. Never wait past the
-            // end of the lease: that is when it is lost.
-            let left = lease_end.saturating_duration_since(Instant::now());
-            // After a failure, retry sooner, and at least once more before
-            // the lease ends.
+            // Renew early; after a failure, retry sooner, and at least once
+            // more before the lease ends. Never wait past the end of the
+            // lease: that is when it is lost.
+            let (end, period) = {
+                let l = view(&lease);
+                (l.end, l.period)
+            };
+            let left = end.saturating_duration_since(Instant::now());
             let pause = if conn.is_some() {
                 period
             } else {
                 (period / 4).min(left / 2)
             };
-            match stopped.recv_timeout(pause.min(left)) {
-                Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            match woken.recv_timeout(pause.min(left)) {
+                Ok(Wake::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                Ok(Wake::Extended) => continue,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             }
             // Neither connecting nor waiting for the reply may outlast the
@@ -416,7 +471,7 @@ impl Renewal {
             let c = match conn.take() {
                 Some(c) => conn.insert(c),
                 None => {
-                    let left = lease_end.saturating_duration_since(Instant::now());
+                    let left = lease_end().saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return loss.signal(LossReason::Expired);
                     }
@@ -426,7 +481,7 @@ impl Renewal {
                     }
                 }
             };
-            let left = lease_end.saturating_duration_since(Instant::now());
+            let left = lease_end().saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return loss.signal(LossReason::Expired);
             }
@@ -434,6 +489,7 @@ impl Renewal {
                 conn = None;
                 continue;
             }
+            let ttl = view(&lease).ttl;
             let sent = Instant::now();
             let reply: Result<u64, RedisError> = redis::cmd("LOCK.EXTEND")
                 .arg(&key)
@@ -444,11 +500,7 @@ impl Renewal {
                 .query(c);
             match reply {
                 Ok(granted) => {
-                    let granted = Duration::from_millis(granted);
-                    lease_end = sent + granted;
-                    // A clamp (a policy, a lowered max-ttl-ms) can shorten the
-                    // lease: renew within the lease actually granted.
-                    period = granted.mul_f64(fraction);
+                    view(&lease).renewed(sent, Duration::from_millis(granted), fraction);
                 }
                 Err(e) => match Error::from(e) {
                     Error::NotHeld(m) => return loss.signal(LossReason::NotHeld(m)),
@@ -508,15 +560,35 @@ impl Guard {
     }
 
     /// Extends the lease to `ttl` from now, fenced by this grant's token.
+    /// With a watchdog, its later renewals ask for `ttl` too, at the pace of
+    /// the lease just granted. `NOTHELD` and `NOTOWNER` also signal
+    /// [`Loss`]: the lock is gone.
     pub fn extend(&mut self, ttl: Duration) -> Result<Duration, Error> {
-        let granted: u64 = redis::cmd("LOCK.EXTEND")
+        let sent = Instant::now();
+        let reply: Result<u64, RedisError> = redis::cmd("LOCK.EXTEND")
             .arg(&self.key)
             .arg(&self.owner)
             .arg(ms(ttl))
             .arg("FENCE")
             .arg(self.token)
-            .query(&mut self.conn)?;
-        Ok(Duration::from_millis(granted))
+            .query(&mut self.conn);
+        match reply.map_err(Error::from) {
+            Ok(granted) => {
+                let granted = Duration::from_millis(granted);
+                if let Some(w) = &self.watchdog {
+                    w.extended(ttl, sent, granted);
+                }
+                Ok(granted)
+            }
+            Err(e) => {
+                match &e {
+                    Error::NotHeld(m) => self.loss.signal(LossReason::NotHeld(m.clone())),
+                    Error::NotOwner(m) => self.loss.signal(LossReason::NotOwner(m.clone())),
+                    _ => {}
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Releases the lock, fenced by this grant's token. The watchdog is

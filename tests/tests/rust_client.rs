@@ -257,6 +257,33 @@ for_each_flavor! {
         guard.release().unwrap();
     }
 
+    /// The guard's own extension to a shorter lease sets the watchdog's
+    /// pace and TTL: the lock stays held (renewed well within each short
+    /// lease, never with the first TTL again); a refused extension is a loss.
+    fn own_extend_sets_the_watchdog_pace(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let locks = client(&server);
+        // First period: 10 s; after extend(600 ms), 200 ms.
+        let opts = Options::new(Duration::from_secs(30)).watchdog();
+        let mut guard = locks.acquire("ox", "me", &opts).unwrap().unwrap();
+        assert_eq!(guard.extend(Duration::from_millis(600)).unwrap(), Duration::from_millis(600));
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(2000) {
+            std::thread::sleep(Duration::from_millis(100));
+            let info = lock_fields(&server, "ox").expect("the lock expired under the watchdog");
+            assert!(info["ttl"].parse::<i64>().unwrap() <= 600, "renewed with the first TTL: {info:?}");
+            assert!(!guard.loss().is_lost(), "loss: {:?}", guard.loss().reason());
+        }
+        assert!(lock_field(&server, "ox", "extensions") >= 5, "the watchdog kept the short pace");
+
+        assert_eq!(server.cmd_text(&["DEL", "ox"]), "1");
+        match guard.extend(Duration::from_millis(600)) {
+            Err(Error::NotHeld(_)) => {}
+            other => panic!("extend of a deleted lock: {other:?}"),
+        }
+        assert!(matches!(guard.loss().reason(), Some(LossReason::NotHeld(_))), "{:?}", guard.loss().reason());
+    }
+
     /// The key overwritten with another type: reported lost at the next
     /// renewal (not retried until the lease runs out), to every loss
     /// channel.
