@@ -64,6 +64,12 @@ rust_need() {
   echo "install-deps: $1 is missing and could not be installed; install it with: $2" >&2
   exit 1
 }
+# The workspace's `rust-version`: an older toolchain fails with less clear errors.
+need_rust=$(sed -n 's/^rust-version *= *"\(.*\)"/\1/p' "$(dirname "$0")/../Cargo.toml")
+have_rust=$(rustc --version 2>/dev/null | awk '{print $2}')
+if [ -z "$have_rust" ] || [ "$(printf '%s\n%s\n' "$need_rust" "$have_rust" | sort -V | head -n1)" != "$need_rust" ]; then
+  rust_need "Rust $need_rust or later (found: ${have_rust:-none})" "rustup update stable (or https://rustup.rs)"
+fi
 if ! rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown; then
   echo "install-deps: adding the wasm32-unknown-unknown target"
   rustup target add wasm32-unknown-unknown || rust_need "the wasm32-unknown-unknown target" "rustup target add wasm32-unknown-unknown"

@@ -107,9 +107,8 @@ impl fmt::Display for FailureMode {
 /// The resources one call into a policy may use. They bound every call:
 /// instantiation, configuration and each evaluation.
 ///
-/// Instantiation copies the module's data segments into its memory, which
-/// costs no fuel (the module-size cap bounds it); a start function runs
-/// under the fuel budget. A failing policy is rebuilt (instantiated and
+/// Instantiation copies the module's data segments into its memory at one
+/// unit of fuel per byte, and a start function runs under the same budget. A failing policy is rebuilt (instantiated and
 /// configured again) within the same command, each step with a fresh
 /// budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
