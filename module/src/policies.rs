@@ -469,6 +469,7 @@ pub fn encoded() -> Vec<u8> {
 /// server still starts, loudly.
 pub fn restore(bytes: &[u8]) -> Result<(), String> {
     let specs = decode_specs(bytes)?;
+    let order: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     let startup = STARTUP_POLICY.get().borrow().clone();
     let stale: Vec<String> = with(|r| {
         r.specs()
@@ -498,6 +499,8 @@ pub fn restore(bytes: &[u8]) -> Result<(), String> {
             Some(e) => not_started(&name, &e),
         }
     }
+    // The dataset's evaluation order, also for policies kept as they were.
+    with(|r| r.reorder(&order.iter().map(String::as_str).collect::<Vec<_>>()));
     Ok(())
 }
 

@@ -308,10 +308,11 @@ for_each_flavor! {
         assert_eq!(int(&replica.cmd(&["LOCK.EXTEND", "held", "me", "50000"])), 20_000);
     }
 
-    /// A full resync gives the replica the primary's policies, not the
-    /// union with what it had: a policy unloaded on the primary while the
-    /// replica was away must not survive on the replica (it would be
-    /// enforced after a failover).
+    /// A full resync gives the replica the primary's policies, in the
+    /// primary's order, not the union with what it had: a policy unloaded
+    /// on the primary while the replica was away must not survive on the
+    /// replica (it would be enforced after a failover), and one the replica
+    /// loaded itself in another order must not be asked first.
     fn full_resync_replaces_replica_policies(flavor: Flavor) {
         let pair = ReplicaPair::start(flavor, |b| b);
         let (primary, replica) = (&pair.primary, &pair.replica);
@@ -325,6 +326,11 @@ for_each_flavor! {
         replica.wait_for(TIMEOUT, |r| r.role() == "master");
         assert_eq!(primary.cmd_text(&["LOCK.POLICY", "UNLOAD", "stale"]), "1");
         load_ok(primary, "new", &["KEYS", "n:*"], &Guest::deny("new policy").wasm());
+        // The same policy, loaded on the replica ahead of `kept`.
+        assert_eq!(replica.cmd_text(&["LOCK.POLICY", "UNLOAD", "kept"]), "1");
+        load_ok(replica, "new", &["KEYS", "n:*"], &Guest::deny("new policy").wasm());
+        load_ok(replica, "kept", &["KEYS", "k:*"], &Guest::clamp(2000).wasm());
+        assert_eq!(names(replica), ["stale", "new", "kept"]);
         let full_syncs = primary.info_field("stats", "sync_full").expect("sync_full");
 
         // It comes back: a full resync (its replication id is new).

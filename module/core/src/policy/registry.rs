@@ -163,6 +163,17 @@ impl Registry {
             .any(|e| e.policy.spec() == spec && e.policy.broken().is_none())
     }
 
+    /// Puts the policies named in `order` in that order (a loaded dataset's),
+    /// after any policy it does not name, which keep their own order.
+    pub fn reorder(&mut self, order: &[&str]) {
+        self.entries.sort_by_key(|e| {
+            order
+                .iter()
+                .position(|n| *n == e.policy.name())
+                .map_or(0, |i| i + 1)
+        });
+    }
+
     /// Removes a policy; `false` if there is none of that name.
     pub fn unload(&mut self, name: &str) -> bool {
         match self.position(name) {

@@ -403,3 +403,16 @@ fn an_ill_typed_request_fields_export_is_refused() {
         err.message()
     );
 }
+
+#[test]
+fn reorder_follows_the_given_order_after_the_unnamed() {
+    let mut registry = registry(vec![
+        enforce(Guest::allow(), "a"),
+        enforce(Guest::allow(), "b"),
+        enforce(Guest::allow(), "own"),
+        enforce(Guest::allow(), "c"),
+    ]);
+    registry.reorder(&["c", "a", "b", "missing"]);
+    let names: Vec<String> = registry.list().into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["own", "c", "a", "b"]);
+}
