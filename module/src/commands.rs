@@ -372,6 +372,10 @@ pub fn info(call: &Call) -> Outcome {
 /// replica would grant locks its primary knows nothing of (two holders),
 /// with tokens from its own clock.
 pub fn primary_only(call: &Call) -> Result<(), LockError> {
+    // The role as the role-change events keep it: free on a primary.
+    if state::is_primary() {
+        return Ok(());
+    }
     let flags = call.flags();
     if flags & ffi::CTX_REPLICA != 0 && flags & (ffi::CTX_REPLICATED | ffi::CTX_LOADING) == 0 {
         return Err(LockError::ReadOnly);
