@@ -78,6 +78,27 @@ impl Pending {
     }
 }
 
+/// An interactive client that sends `CLIENT ID`, then `LOCK.ACQUIRE key
+/// owner 30000 WAIT 30000`; returned with its client id once it is waiter
+/// number `position` of `key`.
+fn waiter_with_id(
+    server: &Server,
+    key: &str,
+    owner: &str,
+    position: i64,
+) -> (ClientProcess, String) {
+    let acquire = format!("LOCK.ACQUIRE {key} {owner} 30000 WAIT 30000");
+    let mut client = LwClient::new(server.port())
+        .cmds(&["CLIENT ID", &acquire])
+        .interactive()
+        .spawn();
+    let id = client.expect_line();
+    wait_until(&format!("{owner} queued on {key}"), TIMEOUT, || {
+        lock_field(server, key, "waiters") == position
+    });
+    (client, id)
+}
+
 /// Whether `CLIENT UNBLOCK` applies to waiters: from Redis 7.2 (Valkey
 /// reports 7.2.4).
 fn unblock_applies(server: &Server) -> bool {
@@ -547,18 +568,8 @@ for_each_flavor! {
         let server = Server::start(flavor);
         let before = lw_stats(&server);
         acquire(&server, "u", "holder", 30000).unwrap();
-        let mut a = LwClient::new(server.port())
-            .cmds(&["CLIENT ID", "LOCK.ACQUIRE u a 30000 WAIT 30000"])
-            .interactive()
-            .spawn();
-        let a_id = a.expect_line();
-        wait_until("a queued", TIMEOUT, || lock_field(&server, "u", "waiters") == 1);
-        let mut b = LwClient::new(server.port())
-            .cmds(&["CLIENT ID", "LOCK.ACQUIRE u b 30000 WAIT 30000"])
-            .interactive()
-            .spawn();
-        let b_id = b.expect_line();
-        wait_until("b queued", TIMEOUT, || lock_field(&server, "u", "waiters") == 2);
+        let (mut a, a_id) = waiter_with_id(&server, "u", "a", 1);
+        let (mut b, b_id) = waiter_with_id(&server, "u", "b", 2);
         let mut c = queue_waiter(&server, "u", "c", 30000, 30000, 3);
 
         if !unblock_applies(&server) {
@@ -593,12 +604,7 @@ for_each_flavor! {
     fn unblock_racing_a_handoff_still_replies(flavor: Flavor) {
         let server = Server::start(flavor);
         acquire(&server, "ur", "holder", 30000).unwrap();
-        let mut w = LwClient::new(server.port())
-            .cmds(&["CLIENT ID", "LOCK.ACQUIRE ur w 30000 WAIT 30000"])
-            .interactive()
-            .spawn();
-        let w_id = w.expect_line();
-        wait_until("w queued", TIMEOUT, || lock_field(&server, "ur", "waiters") == 1);
+        let (mut w, w_id) = waiter_with_id(&server, "ur", "w", 1);
         let mut conn = server.client();
         let replies: Vec<Value> = redis::pipe()
             .cmd("LOCK.RELEASE")
@@ -625,12 +631,7 @@ for_each_flavor! {
         let server = Server::start(flavor);
         let before = lw_stats(&server);
         acquire(&server, "r", "holder", 30000).unwrap();
-        let mut a = LwClient::new(server.port())
-            .cmds(&["CLIENT ID", "LOCK.ACQUIRE r a 30000 WAIT 30000"])
-            .interactive()
-            .spawn();
-        let a_id = a.expect_line();
-        wait_until("a queued", TIMEOUT, || lock_field(&server, "r", "waiters") == 1);
+        let (_a, a_id) = waiter_with_id(&server, "r", "a", 1);
         let mut c = queue_waiter(&server, "r", "c", 30000, 30000, 2);
         // One write, so both commands run before Redis replies to `a`.
         let mut raw = std::net::TcpStream::connect(server.addr()).expect("connect");
