@@ -166,6 +166,23 @@ pub struct LockClient {
     client: Client,
 }
 
+/// `LOCK.EXTEND key owner ttl FENCE token` on `conn`: the granted TTL, ms.
+fn send_extend(
+    conn: &mut Connection,
+    key: &str,
+    owner: &str,
+    ttl: Duration,
+    token: u64,
+) -> Result<u64, RedisError> {
+    redis::cmd("LOCK.EXTEND")
+        .arg(key)
+        .arg(owner)
+        .arg(ms(ttl))
+        .arg("FENCE")
+        .arg(token)
+        .query(conn)
+}
+
 fn ms(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
@@ -416,16 +433,6 @@ impl Watchdog {
         })
     }
 
-    /// The guard's own extension, sent at `sent` asking for `ttl`, was
-    /// granted `granted`: later renewals ask for `ttl`, at its pace.
-    fn extended(&self, ttl: Duration, sent: Instant, granted: Duration) {
-        let mut lease = view(&self.lease);
-        lease.ttl = ttl;
-        lease.renewed(sent, granted, self.fraction);
-        drop(lease);
-        let _ = self.wake.send(Wake::Extended);
-    }
-
     /// Stops the watchdog and waits until any renewal in flight is done.
     fn stop(self) {
         let _ = self.wake.send(Wake::Stop);
@@ -481,7 +488,11 @@ impl Renewal {
                     }
                 }
             };
-            let left = lease_end().saturating_duration_since(Instant::now());
+            // The view stays locked for the round trip, so the guard's own
+            // extension is sent before or after it, never during it: the
+            // view ends as the server's lease does.
+            let mut view = view(&lease);
+            let left = view.end.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return loss.signal(LossReason::Expired);
             }
@@ -489,19 +500,14 @@ impl Renewal {
                 conn = None;
                 continue;
             }
-            let ttl = view(&lease).ttl;
             let sent = Instant::now();
-            let reply: Result<u64, RedisError> = redis::cmd("LOCK.EXTEND")
-                .arg(&key)
-                .arg(&owner)
-                .arg(ms(ttl))
-                .arg("FENCE")
-                .arg(token)
-                .query(c);
+            let reply = send_extend(c, &key, &owner, view.ttl, token);
+            if let Ok(granted) = reply {
+                view.renewed(sent, Duration::from_millis(granted), fraction);
+            }
+            drop(view);
             match reply {
-                Ok(granted) => {
-                    view(&lease).renewed(sent, Duration::from_millis(granted), fraction);
-                }
+                Ok(_) => {}
                 Err(e) => match Error::from(e) {
                     Error::NotHeld(m) => return loss.signal(LossReason::NotHeld(m)),
                     Error::NotOwner(m) => return loss.signal(LossReason::NotOwner(m)),
@@ -544,7 +550,8 @@ impl Guard {
         self.token
     }
 
-    /// The lease granted by the server.
+    /// The lease granted by the server: at the acquire, or at the guard's
+    /// last own [`extend`](Self::extend).
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
@@ -564,20 +571,24 @@ impl Guard {
     /// the lease just granted. `NOTHELD` and `NOTOWNER` also signal
     /// [`Loss`]: the lock is gone.
     pub fn extend(&mut self, ttl: Duration) -> Result<Duration, Error> {
+        // The watchdog's view of the lease stays locked for the round trip
+        // (a renewal in flight is answered first): whichever the server
+        // applied last, the view ends as the server's lease does.
+        let mut lease = self.watchdog.as_ref().map(|w| (view(&w.lease), w.fraction));
         let sent = Instant::now();
-        let reply: Result<u64, RedisError> = redis::cmd("LOCK.EXTEND")
-            .arg(&self.key)
-            .arg(&self.owner)
-            .arg(ms(ttl))
-            .arg("FENCE")
-            .arg(self.token)
-            .query(&mut self.conn);
+        let reply = send_extend(&mut self.conn, &self.key, &self.owner, ttl, self.token);
         match reply.map_err(Error::from) {
             Ok(granted) => {
                 let granted = Duration::from_millis(granted);
-                if let Some(w) = &self.watchdog {
-                    w.extended(ttl, sent, granted);
+                if let Some((view, fraction)) = &mut lease {
+                    view.ttl = ttl;
+                    view.renewed(sent, granted, *fraction);
                 }
+                drop(lease);
+                if let Some(w) = &self.watchdog {
+                    let _ = w.wake.send(Wake::Extended);
+                }
+                self.ttl = granted;
                 Ok(granted)
             }
             Err(e) => {
