@@ -17,7 +17,7 @@ use crate::{cluster, config, replicate, state, stats};
 use lockwarden_core::rules::{self, Acquired, Caller};
 use lockwarden_core::{Lease, LockError, parse};
 use redis_module::raw;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{c_int, c_void};
 
@@ -125,7 +125,7 @@ pub fn block(
         RedisModule_BlockClient,
         ctx,
         Some(on_reply),
-        unblock_callback(),
+        unblock_callback(ctx),
         Some(free_wake),
         0
     );
@@ -152,15 +152,46 @@ pub fn block(
 }
 
 /// The callback serving `CLIENT UNBLOCK`, which Redis allows only for
-/// clients blocked with one, where it is safe: from Redis 7.2 (and in
-/// Valkey), `CLIENT UNBLOCK` leaves alone a client the module has already
-/// unblocked. Redis 7.0 does not: it would end the wait of a waiter whose
-/// grant is on its way without any reply, and the client would wait
-/// forever. So on 7.0 waiters have no such callback and `CLIENT UNBLOCK`
-/// answers 0 for them; their `WAIT` timeout ends the wait.
-fn unblock_callback() -> raw::RedisModuleCmdFunc {
-    const REDIS_7_2: c_int = 0x00_07_02_00;
-    (api!(RedisModule_GetServerVersion) >= REDIS_7_2).then_some(on_unblock as _)
+/// clients blocked with one, where it is safe (see [`unblock_is_safe`]).
+/// Elsewhere waiters have no such callback and `CLIENT UNBLOCK` answers 0
+/// for them; their `WAIT` timeout ends the wait.
+fn unblock_callback(ctx: *mut Ctx) -> raw::RedisModuleCmdFunc {
+    let safe = UNBLOCK_SAFE.get().get().unwrap_or_else(|| {
+        let safe = ffi::with_call_text(ctx, c"INFO", c"server", unblock_is_safe).unwrap_or(false);
+        UNBLOCK_SAFE.get().set(Some(safe));
+        safe
+    });
+    safe.then_some(on_unblock as _)
+}
+
+/// [`unblock_is_safe`] for this server, once asked.
+static UNBLOCK_SAFE: MainThread<Cell<Option<bool>>> = MainThread::new(Cell::new(None));
+
+/// Does the server of this `INFO server` text let `CLIENT UNBLOCK` leave
+/// alone a client the module has already unblocked? Valkey 8 and Redis 7.4
+/// do (redis/redis#13015, January 2024). Redis 7.0 and 7.2 do not: they end
+/// the wait of a waiter whose grant is on its way without any reply, and
+/// the client waits forever. (Valkey reports `redis_version:7.2.4`; its own
+/// version is `valkey_version`.)
+fn unblock_is_safe(info: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(info);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let (version, first_safe) = match field("server_name") {
+        Some("valkey") => (field("valkey_version"), (8, 0)),
+        _ => (field("redis_version"), (7, 4)),
+    };
+    let mut parts = version
+        .unwrap_or("")
+        .split('.')
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= first_safe,
+        _ => false,
+    }
 }
 
 /// Removes a blocked client from its queue; false if it was not queued.
@@ -531,4 +562,27 @@ unsafe extern "C" fn on_revoke(ctx: *mut Ctx, data: *mut c_void) {
             serve(ctx, &g.lk, name.raw());
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unblock_is_safe as safe;
+
+    #[test]
+    fn client_unblock_is_safe_from_valkey_8_and_redis_7_4() {
+        assert!(!safe(
+            b"# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n"
+        ));
+        assert!(!safe(b"redis_version:7.2.5\r\n"));
+        assert!(safe(b"redis_version:7.4.0\r\n"));
+        assert!(safe(b"redis_version:8.0.2\r\n"));
+        assert!(safe(
+            b"redis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:8.0.1\r\n"
+        ));
+        assert!(!safe(
+            b"redis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:7.2.5\r\n"
+        ));
+        assert!(!safe(b""));
+        assert!(!safe(b"redis_version:x\r\n"));
+    }
 }

@@ -99,14 +99,15 @@ fn waiter_with_id(
     (client, id)
 }
 
-/// Whether `CLIENT UNBLOCK` applies to waiters: from Redis 7.2 (Valkey
-/// reports 7.2.4).
+/// Whether `CLIENT UNBLOCK` applies to waiters: from Redis 7.4 and Valkey 8.
 fn unblock_applies(server: &Server) -> bool {
-    let version = server
-        .info_field("server", "redis_version")
-        .unwrap_or_default();
+    let (field, first) = match server.info_field("server", "server_name").as_deref() {
+        Some("valkey") => ("valkey_version", (8, 0)),
+        _ => ("redis_version", (7, 4)),
+    };
+    let version = server.info_field("server", field).unwrap_or_default();
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (7, 2)
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= first
 }
 
 /// Starts `LOCK.ACQUIRE key owner ttl WAIT wait` on a new connection and
@@ -561,9 +562,9 @@ for_each_flavor! {
     }
 
     /// CLIENT UNBLOCK ends a WAIT (nil, or an error with ERROR) and the
-    /// client leaves the queue. On Redis 7.0 it does not apply to waiters
-    /// (it answers 0 and they keep waiting): there it would end the wait of
-    /// a waiter whose grant is on its way without any reply.
+    /// client leaves the queue. Before Redis 7.4 (and Valkey 8) it does not
+    /// apply to waiters (it answers 0 and they keep waiting): there it would
+    /// end the wait of a waiter whose grant is on its way without any reply.
     fn client_unblock_leaves_queue(flavor: Flavor) {
         let server = Server::start(flavor);
         let before = lw_stats(&server);
