@@ -66,7 +66,7 @@ rust_need() {
 }
 # The workspace's `rust-version`: an older toolchain fails with less clear errors.
 need_rust=$(sed -n 's/^rust-version *= *"\(.*\)"/\1/p' "$(dirname "$0")/../Cargo.toml")
-have_rust=$(rustc --version 2>/dev/null | awk '{print $2}')
+have_rust=$(rustc --version 2>/dev/null | awk '{print $2}' || true)
 if [ -z "$have_rust" ] || [ "$(printf '%s\n%s\n' "$need_rust" "$have_rust" | sort -V | head -n1)" != "$need_rust" ]; then
   rust_need "Rust $need_rust or later (found: ${have_rust:-none})" "rustup update stable (or https://rustup.rs)"
 fi

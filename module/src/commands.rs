@@ -365,8 +365,6 @@ pub fn info(call: &Call) -> Outcome {
     Ok(())
 }
 
-/// Internal commands are accepted only from the replication link and while
-/// loading the AOF, so no client can forge a token.
 /// Lock and policy writes from clients are made on the primary only. Redis
 /// refuses writes on a replica unless `replica-read-only no`; then a
 /// replica would grant locks its primary knows nothing of (two holders),
@@ -383,6 +381,8 @@ pub fn primary_only(call: &Call) -> Result<(), LockError> {
     Ok(())
 }
 
+/// Internal commands are accepted only from the replication link and while
+/// loading the AOF, so no client can forge a token.
 fn internal_only(call: &Call, name: &str) -> Result<(), LockError> {
     if call.flags() & (ffi::CTX_REPLICATED | ffi::CTX_LOADING) == 0 {
         return Err(LockError::syntax(format!(

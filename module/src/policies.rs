@@ -165,10 +165,18 @@ pub fn load(call: &Call) -> Result<(), LockError> {
     };
     let replace = req.replace;
     // Re-sent unchanged (replication after an AOF rewrite, a retried call)
-    // and working: nothing to do. A broken instance is rebuilt by loading.
-    // The start-up policy is not replaced from the AOF or the replication
-    // stream (see STARTUP_POLICY).
-    if (replace && with(|r| r.has_working(&spec))) || (from_dataset && is_startup(&spec.name)) {
+    // and working: nothing to do. A client's load rebuilds a broken
+    // instance; from the dataset, a broken one is kept as it is (it retries
+    // its start by itself). The start-up policy is not replaced from the
+    // AOF or the replication stream (see STARTUP_POLICY).
+    let unchanged = with(|r| {
+        if from_dataset {
+            r.has_spec(&spec)
+        } else {
+            r.has_working(&spec)
+        }
+    });
+    if (replace && unchanged) || (from_dataset && is_startup(&spec.name)) {
         api!(RedisModule_ReplicateVerbatim, call.ctx);
         reply::ok(call.ctx);
         return Ok(());
@@ -483,7 +491,9 @@ pub fn restore(bytes: &[u8]) -> Result<(), String> {
     }
     for spec in specs {
         let name = spec.name.clone();
-        if with(|r| r.has_working(&spec)) {
+        // Kept as it is, working or broken (a broken one retries its start
+        // by itself).
+        if with(|r| r.has_spec(&spec)) {
             continue;
         }
         if is_startup(&name) {
@@ -517,8 +527,8 @@ fn not_started(name: &str, e: &LoadError) {
 /// The name of the policy the module arguments loaded, if any. It is this
 /// node's configuration: a copy of the same name from the dataset (RDB, AOF,
 /// a full sync or the replication stream) never replaces or removes it; an
-/// operator's own `LOCK.POLICY LOAD`/`UNLOAD` on this node still can, until
-/// the next start.
+/// operator's own `LOCK.POLICY LOAD`/`UNLOAD` on this node still can (a
+/// primary's), until the next start.
 static STARTUP_POLICY: MainThread<RefCell<Option<String>>> = MainThread::new(RefCell::new(None));
 
 fn is_startup(name: &str) -> bool {

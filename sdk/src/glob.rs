@@ -1,5 +1,8 @@
 //! Redis glob matching (`*`, `?`, `[abc]`, `[^a-z]`, `\x`), binary-safe, with
-//! the same answers as Redis's own matcher (`KEYS`, `SCAN ... MATCH`).
+//! the same answers as Redis's own matcher (`KEYS`, `SCAN ... MATCH`) but
+//! one: a pattern of only `*`s matches the empty key too (Redis's matcher
+//! says no, while `KEYS *` and `SCAN` treat `*` as every key), so that a
+//! policy for `*` covers every lock.
 //!
 //! Used by the host for `LOCK.POLICY LOAD ... KEYS glob` and `LOCK.LIST MATCH`,
 //! and by policies such as `key-pattern`, so that a glob means the same thing
@@ -123,6 +126,8 @@ mod tests {
         assert!(!m(b"*a*b*c*", b"xxaxxcxxbxx"));
         assert!(m(b"a*", b"a"));
         assert!(m(b"**a", b"ba"));
+        assert!(m(b"**", b""));
+        assert!(!m(b"?*", b""));
     }
 
     #[test]

@@ -620,8 +620,9 @@ for_each_flavor! {
         assert_eq!(server.cmd(&["LOCK.EXTEND", "q:1", "a", "60000"]), Value::Int(2));
         grant(&waiter.join().expect("waiter thread"));
 
-        load_example(&server, "ttl-deny", "max-ttl", "none:*", r#"{"default_ms":5000,"action":"deny"}"#);
-        assert_eq!(eval(&["ttl-deny", "RELEASE", "k", "me", "6000"]), "allow");
+        load_ok(&server, "ttl-echo", &["KEYS", "none:*"], &Guest::ttl_low_bits_plus_one().wasm());
+        assert_eq!(eval(&["ttl-echo", "ACQUIRE", "k", "me", "6000"]), format!("clamp {}", 1 + (6000 & 0x7f)));
+        assert_eq!(eval(&["ttl-echo", "RELEASE", "k", "me", "6000"]), "clamp 1", "a release asks for no TTL");
 
         let (old, _) = acquire_ok(&server, "stale:1", "me", 200);
         assert_eq!(server.cmd(&["PERSIST", "stale:1"]), Value::Int(1));

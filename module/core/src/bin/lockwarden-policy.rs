@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 const USAGE: &str = "\
 usage:
-  lockwarden-policy check <file.wasm> [--config JSON]
+  lockwarden-policy check <file.wasm> [--config JSON] [--fuel N] [--memory-kb N]
   lockwarden-policy eval <file.wasm> [--config JSON] <acquire|extend|release> <key> <owner> <ttl-ms>
         [--holder OWNER] [--token N] [--held-ms N] [--extensions N] [--now UNIX_MS]
         [--waiters N] [--user NAME] [--fuel N] [--memory-kb N]
@@ -57,7 +57,7 @@ fn run(args: Vec<OsString>) -> Result<ExitCode, Usage> {
     let command = args.next().ok_or_else(|| Usage("missing command".into()))?;
     let args: Vec<OsString> = args.collect();
     match command.to_str() {
-        Some("check") => check(&Args::parse(args, &["--config"])?),
+        Some("check") => check(&Args::parse(args, &["--config", "--fuel", "--memory-kb"])?),
         Some("eval") => eval(&Args::parse(
             args,
             &[
@@ -160,9 +160,23 @@ fn number<T: TryFrom<u64>>(what: &str, text: &[u8]) -> Result<T, Usage> {
         })
 }
 
+/// `--fuel` and `--memory-kb`, or the server's defaults.
+fn limits(args: &Args) -> Result<EvalLimits, Usage> {
+    let memory_bytes = match args.number::<u64>("--memory-kb")? {
+        Some(kb) => kb
+            .checked_mul(1024)
+            .ok_or_else(|| Usage("--memory-kb: too large".into()))?,
+        None => EvalLimits::DEFAULT.memory_bytes,
+    };
+    Ok(EvalLimits {
+        fuel: args.number("--fuel")?.unwrap_or(EvalLimits::DEFAULT.fuel),
+        memory_bytes,
+    })
+}
+
 fn check(args: &Args) -> Result<ExitCode, Usage> {
     let [file] = args.positional(["<file.wasm>"])?;
-    let runner = match args.load(file, EvalLimits::DEFAULT) {
+    let runner = match args.load(file, limits(args)?) {
         Ok(runner) => runner,
         Err(code) => return Ok(code),
     };
@@ -231,18 +245,7 @@ fn eval(args: &Args) -> Result<ExitCode, Usage> {
         },
         waiters: args.number("--waiters")?.unwrap_or(0),
     };
-    let memory_bytes = match args.number::<u64>("--memory-kb")? {
-        Some(kb) => kb
-            .checked_mul(1024)
-            .ok_or_else(|| Usage("--memory-kb: too large".into()))?,
-        None => EvalLimits::DEFAULT.memory_bytes,
-    };
-    let limits = EvalLimits {
-        fuel: args.number("--fuel")?.unwrap_or(EvalLimits::DEFAULT.fuel),
-        memory_bytes,
-    };
-
-    let mut runner = match args.load(file, limits) {
+    let mut runner = match args.load(file, limits(args)?) {
         Ok(runner) => runner,
         Err(code) => return Ok(code),
     };

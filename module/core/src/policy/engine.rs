@@ -116,22 +116,17 @@ impl PolicyEngine {
         max_module_bytes: usize,
         limits: EvalLimits,
     ) -> Result<CompiledPolicy, LoadError> {
-        PolicySpec::check_name(&spec.name)?;
         check_module_size(spec.wasm.len(), max_module_bytes)?;
-        if spec.settings.len() > MAX_INPUT_BYTES {
-            return Err(LoadError::new(format!(
-                "settings are {} bytes; the maximum is {MAX_INPUT_BYTES}",
-                spec.settings.len()
-            )));
-        }
-        let module = self.checked_module(&spec.wasm)?;
+        check_code_shape(&spec.wasm)?;
+        let module = self.checked_module(&spec)?;
         let guest = Guest::start(&module, &spec.settings, limits)?;
         Ok(CompiledPolicy::new(spec, Some(module), State::Live(guest)))
     }
 
     /// [`compile`](Self::compile) for a policy the dataset already holds
     /// (restored from an RDB, replayed from the AOF, replicated), whatever
-    /// its size. One that cannot start is kept, broken, with its spec, and
+    /// its size and the size of its functions: the primary accepted it,
+    /// perhaps under other limits. One that cannot start is kept, broken, with its spec, and
     /// the reason is returned beside it: it stays listed, saved and
     /// replicated, and fails its evaluations (closed under `policy-failure
     /// deny`) until it is fixed. If it compiled (it was a lowered fuel or
@@ -143,7 +138,7 @@ impl PolicyEngine {
         limits: EvalLimits,
     ) -> (CompiledPolicy, Option<LoadError>) {
         let broken = |e: &LoadError| State::Broken(e.message().to_string(), Instant::now());
-        let module = match self.checked_module(&spec.wasm) {
+        let module = match self.checked_module(&spec) {
             Ok(module) => module,
             Err(e) => return (CompiledPolicy::new(spec, None, broken(&e)), Some(e)),
         };
@@ -156,11 +151,17 @@ impl PolicyEngine {
         }
     }
 
-    /// Checks the shape of `wasm`, compiles it, and checks its imports and
-    /// exports.
-    fn checked_module(&self, wasm: &[u8]) -> Result<Module, LoadError> {
-        check_code_shape(wasm)?;
-        let module = self.compile_module(wasm)?;
+    /// Checks `spec`'s name and settings size, compiles its module, and
+    /// checks the module's imports and exports.
+    fn checked_module(&self, spec: &PolicySpec) -> Result<Module, LoadError> {
+        PolicySpec::check_name(&spec.name)?;
+        if spec.settings.len() > MAX_INPUT_BYTES {
+            return Err(LoadError::new(format!(
+                "settings are {} bytes; the maximum is {MAX_INPUT_BYTES}",
+                spec.settings.len()
+            )));
+        }
+        let module = self.compile_module(&spec.wasm)?;
         check_imports(&module)?;
         check_exports(&module)?;
         Ok(module)

@@ -163,6 +163,12 @@ impl Registry {
             .any(|e| e.policy.spec() == spec && e.policy.broken().is_none())
     }
 
+    /// Is exactly `spec` installed, working or broken? (A broken one
+    /// retries its start by itself.)
+    pub fn has_spec(&self, spec: &PolicySpec) -> bool {
+        self.entries.iter().any(|e| e.policy.spec() == spec)
+    }
+
     /// Puts the policies named in `order` in that order (a loaded dataset's),
     /// after any policy it does not name, which keep their own order.
     pub fn reorder(&mut self, order: &[&str]) {

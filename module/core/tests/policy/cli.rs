@@ -64,6 +64,27 @@ fn check_prints_what_was_loaded() {
 }
 
 #[test]
+fn check_takes_the_servers_limits() {
+    // Configuring costs some 5000 fuel.
+    let path = file(
+        "costly.wasm",
+        &Guest::allow().before_configure(&spin(1000)).wasm(),
+    );
+    let (code, _, err) = run(&["check", path.to_str().unwrap(), "--fuel", "1000"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("fuel exhausted (limit 1000)"), "{err}");
+    let (code, _, err) = run(&[
+        "check",
+        path.to_str().unwrap(),
+        "--fuel",
+        "100000",
+        "--memory-kb",
+        "256",
+    ]);
+    assert_eq!((code, err.as_str()), (0, ""));
+}
+
+#[test]
 fn check_reports_load_errors() {
     let path = file("garbage.wasm", b"not wasm at all");
     let (code, out, err) = run(&["check", path.to_str().unwrap(), "--config", "{}"]);
@@ -174,8 +195,8 @@ fn usage_errors_exit_2() {
         (&["frobnicate"][..], "unknown command 'frobnicate'"),
         (&["check"][..], "expected 1 arguments (<file.wasm>), got 0"),
         (
-            &["check", allow, "--fuel", "1"][..],
-            "unknown option --fuel",
+            &["check", allow, "--waiters", "1"][..],
+            "unknown option --waiters",
         ),
         (
             &["eval", allow, "acquire", "k", "me"][..],

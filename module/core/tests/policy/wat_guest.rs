@@ -135,6 +135,18 @@ impl Guest {
         guest
     }
 
+    /// A policy answering `Clamp(1 + (ttl_ms & 0x7f))` for a request whose
+    /// key is 1 byte and owner 2 bytes (`ttl_ms`'s first varint byte is
+    /// then the request's seventh).
+    pub fn ttl_low_bits_plus_one() -> Guest {
+        let mut guest = Guest::allow();
+        guest.evaluate = clamp_to(&format!(
+            "(i32.add (i32.const 1) (i32.and (i32.load8_u (i32.const {})) (i32.const 0x7f)))",
+            INPUT + 6
+        ));
+        guest
+    }
+
     /// A policy that loops `iterations` times (about 5 fuel each), then
     /// allows.
     pub fn busy(iterations: u32) -> Guest {
