@@ -530,6 +530,14 @@ for_each_flavor! {
         let broken = render(listed(&replica, "ttl").get("broken"));
         assert!(broken.contains("fuel exhausted"), "replica: broken: {broken}");
         assert_eq!(lw_stat(&replica, "policies_not_restored"), 1);
+        // Sent again unchanged (the primary's AOF rewrite re-emits its
+        // policies), or reloaded: kept as it is, counted once.
+        assert_eq!(primary.cmd_text(&["CONFIG", "SET", "appendonly", "yes"]), "OK");
+        wait_persistence_idle(&primary, TIMEOUT);
+        wait_for_offset(&primary, &replica);
+        assert_eq!(replica.cmd_text(&["DEBUG", "RELOAD"]), "OK");
+        assert_eq!(specs(&replica), specs(&primary));
+        assert_eq!(lw_stat(&replica, "policies_not_restored"), 1);
     }
 
     /// Policies run on the primary only: a replica applies the primary's
