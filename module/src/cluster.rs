@@ -1,13 +1,24 @@
-//! Cluster awareness for the grants the server makes on its own (handoffs
-//! from timers and events). A client's command is routed by Redis, so the
-//! node that runs it owns the key; a timer is not routed: before handing a
-//! lock to a waiter, the node checks that it still owns the key's slot and
-//! that the slot is not being migrated. Otherwise the grant could land in a
-//! slot that has moved (the lock now lives on another node) and break mutual
-//! exclusion.
+//! Cluster awareness.
+//!
+//! * Grants the server makes on its own (handoffs from timers and events).
+//!   A client's command is routed by Redis, so the node that runs it owns
+//!   the key; a timer is not routed: before handing a lock to a waiter, the
+//!   node checks that it still owns the key's slot and that the slot is not
+//!   being migrated. Otherwise the grant could land in a slot that has moved
+//!   (the lock now lives on another node) and break mutual exclusion.
+//! * The token high-water mark, shared over the cluster bus: a slot
+//!   migration carries held locks with their tokens, but a lock released
+//!   before its slot moved leaves nothing behind. Every node sends its mark
+//!   to the others when it rises (checked every 100 ms) and every second,
+//!   and raises its own to what it receives, so a key's next token on its
+//!   new node is larger than its last one on the old node without relying
+//!   on the two clocks, once the mark has travelled (within ~100 ms).
 
-use crate::ffi::{self, Ctx};
+use crate::ffi::{self, Ctx, api};
+use crate::state::{self, MainThread};
 use redis_module::raw;
+use std::cell::Cell;
+use std::ffi::{c_char, c_uchar, c_void};
 
 /// Redis's CRC16 (XMODEM) of the hash-tagged part of the key, mod 16384.
 pub fn key_slot(key: &[u8]) -> u16 {
@@ -74,6 +85,75 @@ pub fn can_grant_here(ctx: *mut Ctx, key: &[u8]) -> bool {
         owns_stably(&String::from_utf8_lossy(text), key_slot(key))
     })
     .unwrap_or(false)
+}
+
+/// The cluster message type carrying a high-water mark (8 bytes, little
+/// endian).
+const HIGH_WATER_MSG: u8 = 1;
+/// How often the mark is checked, and sent if it rose.
+const GOSSIP_MS: i64 = 100;
+/// Every this many checks the mark is sent anyway (new nodes, lost messages).
+const RESEND_EVERY: u32 = 10;
+
+/// The mark last sent, and the checks since.
+static SENT: MainThread<Cell<(u64, u32)>> = MainThread::new(Cell::new((0, 0)));
+
+/// In a cluster, starts sharing the token high-water mark with the other
+/// nodes. Called once at load, after the timer context is set.
+pub fn start_sharing_high_water(ctx: *mut Ctx) {
+    if ffi::context_flags(ctx) & raw::REDISMODULE_CTX_FLAGS_CLUSTER == 0 {
+        return;
+    }
+    api!(
+        RedisModule_RegisterClusterMessageReceiver,
+        ctx,
+        HIGH_WATER_MSG,
+        Some(on_high_water)
+    );
+    ffi::start_timer(GOSSIP_MS, on_gossip, std::ptr::null_mut());
+}
+
+unsafe extern "C" fn on_gossip(ctx: *mut Ctx, _data: *mut c_void) {
+    ffi::guard("high-water gossip", (), || {
+        let (sent, checks) = SENT.get().get();
+        let mark = state::high_water();
+        if mark > sent || checks + 1 >= RESEND_EVERY {
+            let bytes = mark.to_le_bytes();
+            let ok = api!(
+                RedisModule_SendClusterMessage,
+                ctx,
+                std::ptr::null(),
+                HIGH_WATER_MSG,
+                bytes.as_ptr().cast::<c_char>(),
+                bytes.len() as u32
+            ) == raw::REDISMODULE_OK as std::ffi::c_int;
+            SENT.get()
+                .set(if ok { (mark, 0) } else { (sent, checks + 1) });
+        } else {
+            SENT.get().set((sent, checks + 1));
+        }
+    });
+    ffi::start_timer(GOSSIP_MS, on_gossip, std::ptr::null_mut());
+}
+
+unsafe extern "C" fn on_high_water(
+    _ctx: *mut Ctx,
+    _sender: *const c_char,
+    _type: u8,
+    payload: *const c_uchar,
+    len: u32,
+) {
+    ffi::guard("high-water message", (), || {
+        if payload.is_null() || len != 8 {
+            return;
+        }
+        // SAFETY: Redis passes `len` readable bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(payload, 8) };
+        let mark = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+        if mark <= lockwarden_core::clock::MAX_TOKEN {
+            state::observe_token(mark);
+        }
+    })
 }
 
 #[cfg(test)]

@@ -160,6 +160,7 @@ fn load(ctx: *mut ffi::Ctx, argv: *mut *mut ffi::RString, argc: c_int) -> Result
         .map_err(|e| format!("could not create the lock data type: {e}"))?;
     events::register(ctx)?;
     ffi::init_timer_ctx(ctx);
+    cluster::start_sharing_high_water(ctx);
     tracing::info!(
         "lockwarden {} loaded (max-ttl-ms {}, clamp-ttl {})",
         env!("CARGO_PKG_VERSION"),

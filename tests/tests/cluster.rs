@@ -133,4 +133,32 @@ for_each_flavor! {
         let (t4, _) = parse_grant(&req(&mut conn, &["LOCK.ACQUIRE", key, "dave", "30000"])).unwrap();
         assert!(t4 > t3);
     }
+
+    /// A lock released before its slot moves leaves nothing to migrate, yet
+    /// its next token on the new node is larger: the nodes share their
+    /// token high-water mark over the cluster bus (here one far above every
+    /// clock: a token from a node a day ahead, restored and released).
+    fn released_lock_tokens_keep_increasing_across_a_migration(flavor: Flavor) {
+        let cluster = Cluster::start(flavor, 3, |b| b);
+        let key = "{gone}:lock";
+        let from = cluster.node_for_key(key);
+        let to = cluster
+            .primaries()
+            .into_iter()
+            .find(|n| n.port() != from.port())
+            .unwrap();
+        let ahead = token_from_a_day_ahead();
+        let payload = dump_with_token(flavor, key, ahead);
+        let mut c = from.client();
+        assert_eq!(req_bytes(&mut c, &[b"RESTORE", key.as_bytes(), b"60000", &payload]), Value::Okay);
+        assert_eq!(from.cmd(&["LOCK.RELEASE", key, "alice", "FENCE", &ahead.to_string()]), Value::Int(1));
+        for node in cluster.primaries() {
+            node.wait_for(TIMEOUT, |n| lw_stat(n, "token_high_water") >= ahead as i64);
+        }
+        cluster.migrate_slot(cluster.slot_for_key(key), from, to);
+        let mut conn = cluster.cluster_client();
+        let (t, _) = parse_grant(&req(&mut conn, &["LOCK.ACQUIRE", key, "bob", "30000"])).unwrap();
+        assert_eq!(held(to, key).token, t);
+        assert!(t > ahead as i64, "token {t} on the new node <= {ahead}");
+    }
 }
