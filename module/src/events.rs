@@ -126,10 +126,11 @@ unsafe extern "C" fn on_keyspace_reset(
                 sessions::dbs_swapped(info.dbnum_first, info.dbnum_second);
             }
         } else if sub != raw::REDISMODULE_SUBEVENT_FLUSHDB_END {
-            // (The session index keeps entries of flushed locks: `DEBUG
-            // RELOAD` flushes and loads the same leases back, and an entry is
-            // checked against the keyspace before anything is released.)
             return;
+        } else {
+            // Checked against the keyspace after the command: `DEBUG
+            // RELOAD` flushes and loads the same leases back.
+            sessions::prune_later();
         }
         for lk in waiters::all_keys() {
             waiters::schedule(&lk);

@@ -71,16 +71,14 @@ pub fn dbs_swapped(a: i32, b: i32) {
 /// Forgets a lease that left the keyspace or changed hands.
 pub fn forget(lease: &Lease) {
     if lease.session && lease.client_id != 0 {
-        with(|ix| {
-            if let Some(held) = ix.get_mut(&lease.client_id) {
-                held.remove(&lease.token);
-                if held.is_empty() {
-                    ix.remove(&lease.client_id);
-                }
-            }
-        });
+        forget_entry(lease.client_id, lease.token);
     }
 }
+
+/// The most session locks released in one turn of the event loop (each may
+/// hand the lock to a waiter); a connection holding more has the rest
+/// released in the following turns.
+const RELEASES_PER_TURN: usize = 256;
 
 /// A client disconnected: release its session locks from the event loop
 /// (not from inside the disconnect, where writes are not safe).
@@ -101,13 +99,74 @@ unsafe extern "C" fn on_timer(ctx: *mut Ctx, data: *mut c_void) {
             return;
         };
         let client_id = *client_id;
-        let Some(held) = with(|ix| ix.remove(&client_id)) else {
+        let Some(mut held) = with(|ix| ix.remove(&client_id)) else {
             return;
         };
-        for (token, lk) in held {
+        let batch: Vec<u64> = held.keys().take(RELEASES_PER_TURN).copied().collect();
+        let batch: Vec<(u64, LockKey)> = batch
+            .into_iter()
+            .filter_map(|token| held.remove_entry(&token))
+            .collect();
+        if !held.is_empty() {
+            with(|ix| ix.insert(client_id, held));
+            client_gone(client_id);
+        }
+        for (token, lk) in batch {
             release(ctx, client_id, token, &lk);
         }
     })
+}
+
+/// A database was flushed: its session leases are gone without an unlink
+/// callback. Drop their index entries from the event loop, after the
+/// command (`DEBUG RELOAD` flushes and loads the same leases back), a batch
+/// per turn.
+pub fn prune_later() {
+    let entries: Vec<(u64, u64, LockKey)> = with(|ix| {
+        ix.iter()
+            .flat_map(|(&id, held)| held.iter().map(move |(&t, lk)| (id, t, lk.clone())))
+            .collect()
+    });
+    if !entries.is_empty() {
+        ffi::start_timer(0, on_prune, Box::into_raw(Box::new(entries)).cast());
+    }
+}
+
+unsafe extern "C" fn on_prune(ctx: *mut Ctx, data: *mut c_void) {
+    ffi::guard("session index prune", (), || {
+        // SAFETY: the prune timer carries a `Box<Vec<..>>`, handed over once.
+        let mut entries = unsafe { Box::from_raw(data.cast::<Vec<(u64, u64, LockKey)>>()) };
+        let rest = entries.split_off(entries.len().saturating_sub(RELEASES_PER_TURN));
+        let batch = std::mem::replace(&mut *entries, rest);
+        for (client_id, token, lk) in batch {
+            ffi::select_db(ctx, lk.db);
+            let name = OwnedString::new(&lk.name);
+            let Some(mut key) = Key::read(ctx, name.raw()) else {
+                forget_entry(client_id, token);
+                continue;
+            };
+            let present = matches!(key.slot::<Lease>(ty()),
+                Slot::Ours(l) if l.client_id == client_id && l.token == token);
+            if !present {
+                forget_entry(client_id, token);
+            }
+        }
+        if !entries.is_empty() {
+            ffi::start_timer(0, on_prune, Box::into_raw(entries).cast());
+        }
+    })
+}
+
+/// Drops the index entry of `client_id`'s lease `token`.
+fn forget_entry(client_id: u64, token: u64) {
+    with(|ix| {
+        if let Some(held) = ix.get_mut(&client_id) {
+            held.remove(&token);
+            if held.is_empty() {
+                ix.remove(&client_id);
+            }
+        }
+    });
 }
 
 fn release(ctx: *mut Ctx, client_id: u64, token: u64, lk: &LockKey) {

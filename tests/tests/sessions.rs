@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use lockwarden_tests::locks::*;
-use lockwarden_tests::redis::Connection;
+use lockwarden_tests::redis::{self, Connection, Value};
 use lockwarden_tests::*;
 
 fn client_id(conn: &mut Connection) -> i64 {
@@ -67,6 +67,49 @@ for_each_flavor! {
         assert_eq!(after["expired_while_held"], before["expired_while_held"]);
         assert_eq!(after["deleted_while_held"], before["deleted_while_held"]);
         assert_eq!(after["locks_held"], 0);
+    }
+
+    /// A connection holding many session locks (more than one turn of the
+    /// event loop releases) has all of them released when it closes, each
+    /// handed to its waiter. Session locks flushed by FLUSHALL and taken
+    /// again by others are not released when the first connection closes.
+    fn many_session_locks_are_released_in_turns(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let before = lw_stats(&server);
+        let n = 700;
+        let mut conn = server.client();
+        let mut pipe = redis::pipe();
+        for i in 0..n {
+            pipe.cmd("LOCK.ACQUIRE").arg(format!("m:{i}")).arg("me").arg("60000").arg("SESSION");
+        }
+        let grants: Vec<Value> = pipe.query(&mut conn).expect("pipeline");
+        assert!(grants.iter().all(|g| matches!(g, Value::Array(_))));
+        let mut waiting = server.client();
+        let waiter = std::thread::spawn(move || {
+            req(&mut waiting, &["LOCK.ACQUIRE", "m:650", "next", "60000", "WAIT", "30000"])
+        });
+        wait_until("the waiter is queued", TIMEOUT, || lock_field(&server, "m:650", "waiters") == 1);
+        drop(conn);
+        wait_until("all released", TIMEOUT, || lw_stat(&server, "session_releases") - before["session_releases"] == n);
+        assert!(grant(&waiter.join().expect("waiter")).is_some(), "the waiter got m:650");
+        assert_eq!(lw_stat(&server, "locks_held"), 1);
+        assert_eq!(owner_of(&server, "m:650").as_deref(), Some("next"));
+
+        let mut conn = server.client();
+        for i in 0..300 {
+            grant(&req(&mut conn, &["LOCK.ACQUIRE", &format!("f:{i}"), "me", "60000", "SESSION"])).expect("granted");
+        }
+        assert_eq!(server.cmd_text(&["FLUSHALL"]), "OK");
+        // Taken again by another connection: the first one's close must
+        // not release them.
+        for i in 0..300 {
+            acquire(&server, &format!("f:{i}"), "other", 60000).expect("granted");
+        }
+        let released = lw_stat(&server, "session_releases");
+        drop(conn);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(lw_stat(&server, "session_releases"), released);
+        assert_eq!(lw_stat(&server, "locks_held"), 300);
     }
 
     /// kill -9 of the process holding a session lock releases it at once,

@@ -600,6 +600,35 @@ for_each_flavor! {
         assert_eq!(b.exec("PING"), "PONG");
     }
 
+    /// Waiters whose request no longer fits when the lock is free (here a
+    /// TTL above a maximum lowered while they waited) all get their error,
+    /// a few hundred per turn of the event loop; the next waiter that fits
+    /// gets the lock.
+    fn a_queue_of_failing_waiters_is_failed_in_turns(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let before = lw_stats(&server);
+        acquire(&server, "fq", "holder", 60000).unwrap();
+        let n = 600;
+        let waiters: Vec<_> = (0..n)
+            .map(|i| {
+                let mut conn = server.client();
+                let owner = format!("w{i}");
+                std::thread::spawn(move || req(&mut conn, &["LOCK.ACQUIRE", "fq", &owner, "60000", "WAIT", "30000"]))
+            })
+            .collect();
+        wait_until("all queued", TIMEOUT, || lock_field(&server, "fq", "waiters") == n);
+        let mut last = queue_waiter(&server, "fq", "fits", 500, 30000, n + 1);
+        assert_eq!(server.cmd_text(&["CONFIG", "SET", "lockwarden.max-ttl-ms", "1000"]), "OK");
+        assert_eq!(server.cmd_text(&["LOCK.RELEASE", "fq", "holder"]), "1");
+        for w in waiters {
+            let reply = render(&w.join().expect("waiter"));
+            assert!(reply.starts_with("(error) TTLMAX"), "{reply}");
+        }
+        assert!(grant(&last.wait(TIMEOUT).0).is_some());
+        assert_eq!(owner_of(&server, "fq").as_deref(), Some("fits"));
+        assert_eq!(lw_stat(&server, "rejected_ttlmax") - before["rejected_ttlmax"], n);
+    }
+
     /// A handoff and a CLIENT UNBLOCK of the same waiter in one event-loop
     /// turn (one pipeline): the waiter gets its grant, never silence.
     fn unblock_racing_a_handoff_still_replies(flavor: Flavor) {
