@@ -128,6 +128,14 @@ impl Cluster {
         self.running().filter(|n| n.role() == "master").collect()
     }
 
+    /// A primary other than `node`.
+    pub fn other_primary(&self, node: &Server) -> &Server {
+        self.primaries()
+            .into_iter()
+            .find(|n| n.port() != node.port())
+            .unwrap_or_else(|| panic!("no primary besides port {}", node.port()))
+    }
+
     /// The running nodes whose `INFO replication` says `role:slave`.
     pub fn replicas(&self) -> Vec<&Server> {
         self.running().filter(|n| n.role() == "slave").collect()

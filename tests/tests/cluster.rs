@@ -81,11 +81,7 @@ for_each_flavor! {
 
         let slot = cluster.slot_for_key(key);
         let from = cluster.node_for_key(key);
-        let to = cluster
-            .primaries()
-            .into_iter()
-            .find(|n| n.port() != from.port())
-            .unwrap();
+        let to = cluster.other_primary(from);
         let before = held(from, key);
         assert_eq!(before.extensions, 1);
         let dig = digest(from, key);
@@ -142,11 +138,7 @@ for_each_flavor! {
         let cluster = Cluster::start(flavor, 3, |b| b);
         let key = "{gone}:lock";
         let from = cluster.node_for_key(key);
-        let to = cluster
-            .primaries()
-            .into_iter()
-            .find(|n| n.port() != from.port())
-            .unwrap();
+        let to = cluster.other_primary(from);
         let ahead = token_from_a_day_ahead();
         let payload = dump_with_token(flavor, key, ahead);
         let mut c = from.client();

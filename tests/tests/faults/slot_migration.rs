@@ -99,11 +99,7 @@ for_each_flavor! {
                 let slot = cluster.slot_for_key(K);
                 assert_eq!(cluster.slot_for_key(CHURN_KEYS[0]), slot);
                 let from = cluster.node_for_key(K);
-                let to = cluster
-                    .primaries()
-                    .into_iter()
-                    .find(|n| n.port() != from.port())
-                    .expect("another primary");
+                let to = cluster.other_primary(from);
                 let mut rng = Rng::new(seed("6 slot migration", 0x5107_0006));
 
                 // The holder of K.
