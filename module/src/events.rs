@@ -125,12 +125,12 @@ unsafe extern "C" fn on_keyspace_reset(
             if let Some(info) = unsafe { data.cast::<raw::RedisModuleSwapDbInfo>().as_ref() } {
                 sessions::dbs_swapped(info.dbnum_first, info.dbnum_second);
             }
-        } else if sub != raw::REDISMODULE_SUBEVENT_FLUSHDB_END {
-            return;
-        } else {
+        } else if sub == raw::REDISMODULE_SUBEVENT_FLUSHDB_END {
             // Checked against the keyspace after the command: `DEBUG
             // RELOAD` flushes and loads the same leases back.
             sessions::prune_later();
+        } else {
+            return;
         }
         for lk in waiters::all_keys() {
             waiters::schedule(&lk);

@@ -373,6 +373,11 @@ pub fn writes(ctx: *mut Ctx) -> Writes {
 /// paused.
 pub const PAUSED_RETRY_MS: i64 = 10;
 
+/// The most items (session locks released, waiters failed, index entries
+/// checked) one callback handles before it lets the event loop run and goes
+/// on from a timer, so no burst blocks the server for long.
+pub const ITEMS_PER_TURN: usize = 256;
+
 /// For a timer `cb` that writes and carries a `Box<T>` as `data`: the box,
 /// if the timer may write now. While writes are paused the box is handed on
 /// to a new timer `cb`, [`PAUSED_RETRY_MS`] later; on a replica it is

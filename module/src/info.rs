@@ -1,7 +1,7 @@
 //! The `lockwarden` section of `INFO`.
 
 use crate::ffi::{self, Ctx, api};
-use crate::{state, stats, waiters};
+use crate::{sessions, state, stats, waiters};
 use redis_module::raw;
 use std::ffi::{CString, c_int};
 
@@ -38,6 +38,7 @@ unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, for_crash_report: c
         let main_thread = for_crash_report == 0;
         if main_thread {
             field("waiters", waiters::total() as u64);
+            field("session_locks_tracked", sessions::tracked() as u64);
         }
         for (name, counter) in [
             ("handoffs", &stats::HANDOFFS),

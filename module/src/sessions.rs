@@ -43,6 +43,12 @@ pub fn track(lease: &Lease, db: i32, name: &[u8]) {
     }
 }
 
+/// How many session leases the index follows (those held by connected
+/// clients, and those of departed ones not yet released).
+pub fn tracked() -> usize {
+    with(|ix| ix.values().map(HashMap::len).sum())
+}
+
 /// This node became a primary again: release the session locks of indexed
 /// clients that disconnected while it followed another node (their timers
 /// did nothing then). Every entry is checked against the keyspace first.
@@ -75,11 +81,6 @@ pub fn forget(lease: &Lease) {
     }
 }
 
-/// The most session locks released in one turn of the event loop (each may
-/// hand the lock to a waiter); a connection holding more has the rest
-/// released in the following turns.
-const RELEASES_PER_TURN: usize = 256;
-
 /// A client disconnected: release its session locks from the event loop
 /// (not from inside the disconnect, where writes are not safe).
 pub fn client_gone(client_id: u64) {
@@ -102,7 +103,9 @@ unsafe extern "C" fn on_timer(ctx: *mut Ctx, data: *mut c_void) {
         let Some(mut held) = with(|ix| ix.remove(&client_id)) else {
             return;
         };
-        let batch: Vec<u64> = held.keys().take(RELEASES_PER_TURN).copied().collect();
+        // A batch per turn of the event loop (each release may hand the
+        // lock to a waiter); the rest in the following turns.
+        let batch: Vec<u64> = held.keys().take(ffi::ITEMS_PER_TURN).copied().collect();
         let batch: Vec<(u64, LockKey)> = batch
             .into_iter()
             .filter_map(|token| held.remove_entry(&token))
@@ -136,8 +139,7 @@ unsafe extern "C" fn on_prune(ctx: *mut Ctx, data: *mut c_void) {
     ffi::guard("session index prune", (), || {
         // SAFETY: the prune timer carries a `Box<Vec<..>>`, handed over once.
         let mut entries = unsafe { Box::from_raw(data.cast::<Vec<(u64, u64, LockKey)>>()) };
-        let rest = entries.split_off(entries.len().saturating_sub(RELEASES_PER_TURN));
-        let batch = std::mem::replace(&mut *entries, rest);
+        let batch = entries.split_off(entries.len().saturating_sub(ffi::ITEMS_PER_TURN));
         for (client_id, token, lk) in batch {
             ffi::select_db(ctx, lk.db);
             let name = OwnedString::new(&lk.name);

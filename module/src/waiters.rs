@@ -307,11 +307,6 @@ pub fn deadline_moved(lk: &LockKey, deadline_ms: i64, now_ms: i64) {
     arm(lk, until_after(deadline_ms, now_ms));
 }
 
-/// The most waiters one call of [`serve`] fails (their requests no longer
-/// fit, e.g. a TTL above a lowered maximum) before it lets the event loop
-/// run and goes on from a timer.
-const MAX_FAILED_PER_SERVE: usize = 256;
-
 /// Hands the lock `lk` (whose name is `name`, in the context's selected
 /// database) to its first waiter if it is free; otherwise makes sure the
 /// queue's timer fires at the holder's deadline.
@@ -319,6 +314,8 @@ pub fn serve(ctx: *mut Ctx, lk: &LockKey, name: *mut RString) {
     // Asked once per call (in a cluster it reads the topology), not per
     // waiter tried.
     let mut grantable_here = None;
+    // Waiters whose requests no longer fit (a TTL above a lowered maximum)
+    // are failed a batch per turn of the event loop.
     let mut failed = 0;
     loop {
         let now = ffi::command_now_ms();
@@ -408,7 +405,7 @@ pub fn serve(ctx: *mut Ctx, lk: &LockKey, name: *mut RString) {
                 stats::error(&e);
                 wake(w.bc, Wake::Failed(e.to_string()));
                 failed += 1;
-                if failed == MAX_FAILED_PER_SERVE {
+                if failed == ffi::ITEMS_PER_TURN {
                     schedule(lk);
                     return;
                 }

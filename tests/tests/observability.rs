@@ -312,7 +312,7 @@ for_each_flavor! {
             "locks_held", "acquires_granted", "acquires_retried", "acquires_contended",
             "releases", "extends", "errors_notowner", "errors_notheld", "rejected_ttlmax",
             "rejected_ttlmin", "policy_denials", "policy_failures", "expired_while_held",
-            "deleted_while_held", "waiters", "handoffs", "wait_timeouts", "session_releases",
+            "deleted_while_held", "waiters", "session_locks_tracked", "handoffs", "wait_timeouts", "session_releases",
             "wait_p50_us", "wait_p99_us", "wait_max_us", "hold_p50_ms", "hold_p99_ms",
             "hold_max_ms", "token_high_water",
         ] {

@@ -71,8 +71,9 @@ for_each_flavor! {
 
     /// A connection holding many session locks (more than one turn of the
     /// event loop releases) has all of them released when it closes, each
-    /// handed to its waiter. Session locks flushed by FLUSHALL and taken
-    /// again by others are not released when the first connection closes.
+    /// handed to its waiter. Session locks flushed by FLUSHALL leave the
+    /// session index, and taken again by others are not released when the
+    /// first connection closes.
     fn many_session_locks_are_released_in_turns(flavor: Flavor) {
         let server = Server::start(flavor);
         let before = lw_stats(&server);
@@ -99,7 +100,10 @@ for_each_flavor! {
         for i in 0..300 {
             grant(&req(&mut conn, &["LOCK.ACQUIRE", &format!("f:{i}"), "me", "60000", "SESSION"])).expect("granted");
         }
+        assert_eq!(lw_stat(&server, "session_locks_tracked"), 300);
         assert_eq!(server.cmd_text(&["FLUSHALL"]), "OK");
+        // Dropped from the index after the flush, over more than one turn.
+        wait_until("the index pruned", TIMEOUT, || lw_stat(&server, "session_locks_tracked") == 0);
         // Taken again by another connection: the first one's close must
         // not release them.
         for i in 0..300 {

@@ -126,10 +126,10 @@ impl PolicyEngine {
     /// [`compile`](Self::compile) for a policy the dataset already holds
     /// (restored from an RDB, replayed from the AOF, replicated), whatever
     /// its size and the size of its functions: the primary accepted it,
-    /// perhaps under other limits. One that cannot start is kept, broken, with its spec, and
-    /// the reason is returned beside it: it stays listed, saved and
-    /// replicated, and fails its evaluations (closed under `policy-failure
-    /// deny`) until it is fixed. If it compiled (it was a lowered fuel or
+    /// perhaps under other limits. One that cannot start is kept, broken,
+    /// with its spec, and the reason is returned beside it: it stays listed,
+    /// saved and replicated, and fails its evaluations (closed under
+    /// `policy-failure deny`) until it is fixed. If it compiled (it was a lowered fuel or
     /// memory limit, say), its start is retried like any broken instance's;
     /// if it did not, it stays broken until replaced or unloaded.
     pub fn compile_kept(
