@@ -126,9 +126,13 @@ unsafe extern "C" fn on_keyspace_reset(
                 sessions::dbs_swapped(info.dbnum_first, info.dbnum_second);
             }
         } else if sub == raw::REDISMODULE_SUBEVENT_FLUSHDB_END {
+            // SAFETY: FLUSHDB passes a RedisModuleFlushInfo.
+            let flushed = unsafe { data.cast::<raw::RedisModuleFlushInfo>().as_ref() }
+                .map(|info| info.dbnum)
+                .filter(|&db| db >= 0);
             // Checked against the keyspace after the command: `DEBUG
             // RELOAD` flushes and loads the same leases back.
-            sessions::prune_later();
+            sessions::prune_later(flushed);
         } else {
             return;
         }

@@ -256,6 +256,13 @@ pub fn with_call_text<R>(
     result
 }
 
+/// The value of `name` in an `INFO` reply's text (`name:value` lines).
+pub fn info_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
 /// Publishes a module keyspace event (`notify-keyspace-events` class `d`).
 pub fn notify(ctx: *mut Ctx, event: &CStr, key: *mut RString) {
     api!(

@@ -18,8 +18,9 @@ use crate::waiters::{self, LockKey};
 use crate::{commands, stats};
 use lockwarden_core::policy::{
     CompiledPolicy, EvalLimits, FailureMode, LoadError, Note, PolicyEngine, PolicySpec, Registry,
-    check_module_size, decode_specs, encode_specs,
+    check_compile_headroom, check_module_size, decode_specs, encode_specs,
 };
+use lockwarden_core::throttle::Throttle;
 use lockwarden_core::{Lease, LockError, parse};
 use lockwarden_sdk::abi::{Caller, Decision, Holder, Operation, Request};
 use redis_module::raw;
@@ -127,14 +128,44 @@ pub fn check(call: &Call, ask: &Ask<'_>) -> Result<Option<u64>, LockError> {
         if matches!(note, Note::AuditDeny { .. }) {
             stats::POLICY_AUDIT_DENIALS.incr();
         }
-        tracing::warn!("{note}");
+        warn_throttled(ask.now_ms, note);
     }
     // Failures are operational problems; denials are expected outcomes,
     // counted in INFO and published as keyspace events instead.
     if let Err(e @ LockError::Policy { .. }) = &evaluation.verdict {
-        tracing::warn!("{e} (key {})", lockwarden_sdk::text::show(ask.key, 64));
+        let key = lockwarden_sdk::text::show(ask.key, 64);
+        warn_throttled(ask.now_ms, format_args!("{e} (key {key})"));
     }
     evaluation.verdict
+}
+
+/// Audit denials and policy failures can come with every command: at most
+/// [`LOG_LINES_PER_SECOND`] of them a second reach the (synchronous) log.
+static POLICY_LOG: Throttle = Throttle::new(LOG_LINES_PER_SECOND, 1000);
+const LOG_LINES_PER_SECOND: u32 = 10;
+
+fn warn_throttled(now_ms: i64, line: impl std::fmt::Display) {
+    if let Some(suppressed) = POLICY_LOG.admit(now_ms) {
+        if suppressed > 0 {
+            tracing::warn!(
+                "{suppressed} policy audit/failure messages not logged (at most {LOG_LINES_PER_SECOND} a second; INFO lockwarden counts them all)"
+            );
+        }
+        tracing::warn!("{line}");
+    }
+}
+
+/// `maxmemory` (0: none) and `used_memory`, from `INFO memory`.
+fn memory(ctx: *mut Ctx) -> (u64, u64) {
+    ffi::with_call_text(ctx, c"INFO", c"memory", |text| {
+        let text = String::from_utf8_lossy(text);
+        let field = |name| ffi::info_field(&text, name).and_then(|v| v.parse().ok());
+        (
+            field("maxmemory").unwrap_or(0),
+            field("used_memory").unwrap_or(0),
+        )
+    })
+    .unwrap_or((0, 0))
 }
 
 /// `LOCK.POLICY LOAD name [KEYS glob] [MODE enforce|audit] [CONFIG settings] [REPLACE] WASM bytes`
@@ -155,6 +186,8 @@ pub fn load(call: &Call) -> Result<(), LockError> {
         }
         // Before copying what may be a very large argument.
         check_module_size(req.wasm.len(), max_module_bytes()).map_err(load_error)?;
+        let (maxmemory, used) = memory(call.ctx);
+        check_compile_headroom(maxmemory, used)?;
     }
     let spec = PolicySpec {
         name: String::from_utf8_lossy(req.name).into_owned(),
@@ -340,10 +373,12 @@ unsafe extern "C" fn load_done(ctx: *mut Ctx, _argv: *mut *mut RString, _argc: c
 }
 
 unsafe extern "C" fn free_load(_ctx: *mut Ctx, data: *mut c_void) {
-    if !data.is_null() {
-        // SAFETY: the blocked client's private data is a `Box<LoadResult>`.
-        drop(unsafe { Box::from_raw(data.cast::<LoadResult>()) });
-    }
+    ffi::guard("policy load free", (), || {
+        if !data.is_null() {
+            // SAFETY: the blocked client's private data is a `Box<LoadResult>`.
+            drop(unsafe { Box::from_raw(data.cast::<LoadResult>()) });
+        }
+    })
 }
 
 /// `LOCK.POLICY UNLOAD name`

@@ -2,7 +2,10 @@
 //! commands: a grant or extension travels as `LOCK._GRANT key owner
 //! token:deadline-ms:acquired-at-ms:extensions:session` (absolute times, the
 //! token); a release as `DEL`. Replicas and the AOF
-//! replay these facts without consulting a clock or a policy.
+//! replay these facts without consulting a clock or a policy. An AOF rewrite
+//! writes each lease as `LOCK._GRANT ... KEEPTTL`: the key's expiry is
+//! Redis's to write (its `PEXPIREAT` follows the record), since `PERSIST` or
+//! `PEXPIRE` may have moved it away from the lease's deadline.
 
 use crate::ffi::{Ctx, RString, api};
 use lockwarden_core::Lease;
@@ -12,9 +15,10 @@ use redis_module::raw::RedisModuleIO;
 pub const GRANT_CMD: &std::ffi::CStr = c"LOCK._GRANT";
 
 /// Calls a variadic emitter (`RedisModule_Replicate` or `RedisModule_EmitAOF`)
-/// with `LOCK._GRANT key owner token:deadline:acquired-at:extensions:session`.
+/// with `LOCK._GRANT key owner token:deadline:acquired-at:extensions:session`
+/// and then the C-string arguments `$extra` (format `$fmt`).
 macro_rules! emit_grant {
-    ($emit:ident, $target:expr, $key:expr, $lease:expr) => {{
+    ($emit:ident, $target:expr, $key:expr, $lease:expr, $fmt:expr $(, $extra:expr)*) => {{
         let l: &Lease = $lease;
         let fields = GrantFields::of(l);
         let f = fields.as_bytes();
@@ -23,12 +27,13 @@ macro_rules! emit_grant {
             $emit,
             $target,
             GRANT_CMD.as_ptr(),
-            c"sbb".as_ptr(),
+            $fmt.as_ptr(),
             $key,
             l.owner.as_ptr().cast::<std::ffi::c_char>(),
             l.owner.len(),
             f.as_ptr().cast::<std::ffi::c_char>(),
             f.len()
+            $(, $extra.as_ptr())*
         )
     }};
 }
@@ -54,14 +59,15 @@ pub fn grant(ctx: *mut Ctx, key: *mut RString, owner_arg: Option<*mut RString>, 
             );
         }
         None => {
-            emit_grant!(RedisModule_Replicate, ctx, key, lease);
+            emit_grant!(RedisModule_Replicate, ctx, key, lease, c"sbb");
         }
     }
 }
 
-/// Writes `lease` on `key` into an AOF rewrite.
+/// Writes `lease` on `key` into an AOF rewrite, leaving the key's expiry to
+/// the `PEXPIREAT` Redis writes after it.
 pub fn emit_grant_aof(aof: *mut RedisModuleIO, key: *mut RString, lease: &Lease) {
-    emit_grant!(RedisModule_EmitAOF, aof, key, lease);
+    emit_grant!(RedisModule_EmitAOF, aof, key, lease, c"sbbc", c"KEEPTTL");
 }
 
 /// Replicates the removal of a lock.

@@ -120,14 +120,19 @@ unsafe extern "C" fn on_timer(ctx: *mut Ctx, data: *mut c_void) {
     })
 }
 
-/// A database was flushed: its session leases are gone without an unlink
-/// callback. Drop their index entries from the event loop, after the
-/// command (`DEBUG RELOAD` flushes and loads the same leases back), a batch
-/// per turn.
-pub fn prune_later() {
-    let entries: Vec<(u64, u64, LockKey)> = with(|ix| {
+/// Database `db` (`None`: every database) was flushed: its session leases
+/// are gone without an unlink callback. Drop their index entries from the
+/// event loop, after the command (`DEBUG RELOAD` flushes and loads the same
+/// leases back), a batch per turn. Here only their ids are listed (no
+/// allocation per entry).
+pub fn prune_later(db: Option<i32>) {
+    let entries: Vec<(u64, u64)> = with(|ix| {
         ix.iter()
-            .flat_map(|(&id, held)| held.iter().map(move |(&t, lk)| (id, t, lk.clone())))
+            .flat_map(|(&id, held)| {
+                held.iter()
+                    .filter(move |(_, lk)| db.is_none_or(|db| lk.db == db))
+                    .map(move |(&token, _)| (id, token))
+            })
             .collect()
     });
     if !entries.is_empty() {
@@ -137,10 +142,15 @@ pub fn prune_later() {
 
 unsafe extern "C" fn on_prune(ctx: *mut Ctx, data: *mut c_void) {
     ffi::guard("session index prune", (), || {
-        // SAFETY: the prune timer carries a `Box<Vec<..>>`, handed over once.
-        let mut entries = unsafe { Box::from_raw(data.cast::<Vec<(u64, u64, LockKey)>>()) };
+        // SAFETY: the prune timer carries a `Box<Vec<(u64, u64)>>`, handed
+        // over once.
+        let mut entries = unsafe { Box::from_raw(data.cast::<Vec<(u64, u64)>>()) };
         let batch = entries.split_off(entries.len().saturating_sub(ffi::ITEMS_PER_TURN));
-        for (client_id, token, lk) in batch {
+        for (client_id, token) in batch {
+            // Released or forgotten since the flush: nothing to check.
+            let Some(lk) = with(|ix| ix.get(&client_id)?.get(&token).cloned()) else {
+                continue;
+            };
             ffi::select_db(ctx, lk.db);
             let name = OwnedString::new(&lk.name);
             let Some(mut key) = Key::read(ctx, name.raw()) else {

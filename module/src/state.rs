@@ -37,10 +37,16 @@ static LOADING: MainThread<Cell<bool>> = MainThread::new(Cell::new(false));
 /// Runs `f` (which deletes or overwrites a lock key on the module's own
 /// behalf) so that the unlink callback does not count it as a lock lost.
 pub fn own_write<R>(f: impl FnOnce() -> R) -> R {
-    let prev = OWN_WRITE.get().replace(true);
-    let r = f();
-    OWN_WRITE.get().set(prev);
-    r
+    /// Restores the flag however `f` ends (a panic is caught at the
+    /// callback's guard, and the flag must not stay set after it).
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OWN_WRITE.get().set(self.0);
+        }
+    }
+    let _restore = Restore(OWN_WRITE.get().replace(true));
+    f()
 }
 
 /// Is a module write in progress (see [`own_write`])?

@@ -84,7 +84,8 @@ pub fn error(e: &LockError) {
         | LockError::WrongType
         | LockError::BadPolicy(_)
         | LockError::ReadOnly
-        | LockError::TokensExhausted => {}
+        | LockError::TokensExhausted
+        | LockError::CompileMemory { .. } => {}
     }
 }
 

@@ -106,7 +106,7 @@ const COMMANDS: &[Spec] = &[
         name: c"LOCK._GRANT",
         entry: cmd_grant,
         flags: c"write fast no-monitor",
-        arity: 4,
+        arity: -4,
         key: Some(RW | UPDATE),
         summary: c"Internal: applies a grant decided by the primary (replication and AOF only).",
         complexity: c"O(1)",

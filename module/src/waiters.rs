@@ -175,11 +175,7 @@ static UNBLOCK_SAFE: MainThread<Cell<Option<bool>>> = MainThread::new(Cell::new(
 /// version is `valkey_version`.)
 fn unblock_is_safe(info: &[u8]) -> bool {
     let text = String::from_utf8_lossy(info);
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
-    };
+    let field = |name| ffi::info_field(&text, name);
     let (version, first_safe) = match field("server_name") {
         Some("valkey") => (field("valkey_version"), (8, 0)),
         _ => (field("redis_version"), (7, 4)),

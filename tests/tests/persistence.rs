@@ -321,4 +321,39 @@ for_each_flavor! {
     fn aof_restart_without_rdb_preamble(flavor: Flavor) {
         aof_scenario(flavor, "no");
     }
+
+    /// A lock key's own expiry survives an AOF rewrite without preamble
+    /// where it differs from the lease's deadline: removed by `PERSIST` (the
+    /// rewrite gave the key the deadline back, so a reload changed the
+    /// data) or moved by `PEXPIREAT`. The rewrite writes `LOCK._GRANT ...
+    /// KEEPTTL` and Redis the key's own `PEXPIREAT` after it.
+    fn aof_rewrite_keeps_the_keys_own_expiry(flavor: Flavor) {
+        let s = Server::builder(flavor)
+            .arg("appendonly", "yes")
+            .arg("aof-use-rdb-preamble", "no")
+            .start();
+        for key in ["e:plain", "e:persisted", "e:moved"] {
+            acquire_ok(&s, key, "alice", 60_000);
+        }
+        assert_eq!(s.cmd_text(&["PERSIST", "e:persisted"]), "1");
+        let moved_to = now_ms() + 3_600_000;
+        assert_eq!(
+            s.cmd_text(&["PEXPIREAT", "e:moved", &moved_to.to_string()]),
+            "1"
+        );
+        let expiry = |s: &Server, key: &str| int(&s.cmd(&["PEXPIRETIME", key]));
+        let state = |s: &Server| {
+            ["e:plain", "e:persisted", "e:moved"].map(|k| (expiry(s, k), digest(s, k)))
+        };
+        let before = state(&s);
+        assert_eq!(before[1].0, -1, "PERSIST removed the expiry");
+        assert_eq!(before[2].0, moved_to as i64);
+        let dataset = s.cmd_text(&["DEBUG", "DIGEST"]);
+        rewrite_aof(&s, TIMEOUT);
+        assert_eq!(s.cmd_text(&["DEBUG", "LOADAOF"]), "OK");
+        assert_eq!(state(&s), before, "(PEXPIRETIME, DIGEST-VALUE) after the reload");
+        assert_eq!(s.cmd_text(&["DEBUG", "DIGEST"]), dataset);
+        s.restart_clean(Shutdown::NoSave);
+        assert_eq!(state(&s), before, "(PEXPIRETIME, DIGEST-VALUE) after a restart");
+    }
 }

@@ -444,6 +444,62 @@ for_each_flavor! {
         assert_eq!(acquire_ok(&server, "short:2", "me", 10_000).1, 3000);
     }
 
+    /// Audit notes and policy failures can come with every command: at most
+    /// 10 a second reach the (synchronous) log, the rest are counted in INFO
+    /// and reported by the next line let through.
+    fn policy_log_is_rate_limited(flavor: Flavor) {
+        let server = Server::start(flavor);
+        load_ok(&server, "watch", &["MODE", "audit"], &Guest::deny("would deny this").wasm());
+        let note = "policy watch (audit) would deny: would deny this";
+        let n = 500;
+        let mut conn = server.client();
+        let mut pipe = redis::pipe();
+        for i in 0..n {
+            pipe.cmd("LOCK.ACQUIRE").arg(format!("k:{i}")).arg("me").arg("1000");
+        }
+        let started = std::time::Instant::now();
+        let _: Vec<Value> = pipe.query(&mut conn).expect("pipeline");
+        let windows = started.elapsed().as_secs() + 2;
+        let logged = server.log().matches(note).count();
+        assert!(
+            (1..=10 * windows as usize).contains(&logged),
+            "{logged} notes logged for {n} commands in at most {windows} one-second windows"
+        );
+        assert_eq!(lw_stat(&server, "policy_audit_denials"), n, "INFO counts every one");
+        // A second later the next note reports how many were left out.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        acquire_ok(&server, "k:last", "me", 1000);
+        assert!(
+            server.log().contains("policy audit/failure messages not logged (at most 10 a second; INFO lockwarden counts them all)"),
+            "{}",
+            server.log_tail(5)
+        );
+        assert_eq!(server.log().matches(note).count(), logged + 1);
+    }
+
+    /// A client's LOAD needs 64 MiB of room under `maxmemory`: the compile's
+    /// transient memory counts in `used_memory`, and going over would evict
+    /// held locks or fail other clients' writes while it runs. Refused with
+    /// `OOM` before compiling; nothing changes.
+    fn load_needs_room_under_maxmemory(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let used: u64 = server
+            .info_field("memory", "used_memory")
+            .and_then(|v| v.parse().ok())
+            .expect("used_memory");
+        config_set(&server, "maxmemory", &(used + (8 << 20)).to_string());
+        let reply = load(&server, "late", &[], &Guest::allow().wasm());
+        assert!(
+            reply.starts_with("(error) OOM compiling a policy takes up to 64 MiB for a moment, counted in used_memory, and only "),
+            "{reply}"
+        );
+        assert!(reply.ends_with("MiB are left under maxmemory: raise maxmemory for the load"), "{reply}");
+        assert_eq!(server.cmd_text(&["LOCK.POLICY", "LIST"]), "[]");
+        config_set(&server, "maxmemory", &(used + (256 << 20)).to_string());
+        load_ok(&server, "late", &[], &Guest::allow().wasm());
+        config_set(&server, "maxmemory", "0");
+    }
+
     /// MODE audit: would-be denials (and clamps and failures) are counted
     /// and logged, but the command proceeds unchanged.
     fn audit_mode(flavor: Flavor) {

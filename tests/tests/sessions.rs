@@ -101,6 +101,12 @@ for_each_flavor! {
             grant(&req(&mut conn, &["LOCK.ACQUIRE", &format!("f:{i}"), "me", "60000", "SESSION"])).expect("granted");
         }
         assert_eq!(lw_stat(&server, "session_locks_tracked"), 300);
+        // A flush of another database leaves them.
+        let mut db1 = server.client();
+        assert_eq!(render(&req(&mut db1, &["SELECT", "1"])), "OK");
+        assert_eq!(render(&req(&mut db1, &["FLUSHDB"])), "OK");
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(lw_stat(&server, "session_locks_tracked"), 300);
         assert_eq!(server.cmd_text(&["FLUSHALL"]), "OK");
         // Dropped from the index after the flush, over more than one turn.
         wait_until("the index pruned", TIMEOUT, || lw_stat(&server, "session_locks_tracked") == 0);

@@ -16,6 +16,7 @@
 //! | `BADPOLICY`| `LOCK.POLICY LOAD` refused a module or its settings |
 //! | `READONLY` | a lock or policy write sent to a replica (also with `replica-read-only no`): the primary decides |
 //! | `TOKENS`   | no fencing token is left: the high-water mark is at the maximum (only a forged lease restored with `RESTORE` can do that) |
+//! | `OOM`      | `LOCK.POLICY LOAD` with too little room under `maxmemory` for the compile |
 
 use std::fmt;
 
@@ -67,6 +68,14 @@ pub enum LockError {
     /// The token clock's high-water mark is at [`crate::clock::MAX_TOKEN`]:
     /// no larger token exists.
     TokensExhausted,
+    /// `LOCK.POLICY LOAD` with less room under `maxmemory` than a compile
+    /// may take (see [`crate::policy::COMPILE_HEADROOM_BYTES`]).
+    CompileMemory {
+        /// The room a compile needs, bytes.
+        needed: u64,
+        /// The room left, bytes.
+        left: u64,
+    },
     /// A policy could not be evaluated.
     Policy {
         /// The policy's name.
@@ -91,6 +100,7 @@ impl LockError {
             LockError::BadPolicy(_) => "BADPOLICY",
             LockError::ReadOnly => "READONLY",
             LockError::TokensExhausted => "TOKENS",
+            LockError::CompileMemory { .. } => "OOM",
         }
     }
 
@@ -138,6 +148,12 @@ impl fmt::Display for LockError {
                 f,
                 "no fencing token is left: the high-water mark is {} (was a forged lease restored?)",
                 crate::clock::MAX_TOKEN
+            ),
+            LockError::CompileMemory { needed, left } => write!(
+                f,
+                "compiling a policy takes up to {} MiB for a moment, counted in used_memory, and only {} MiB are left under maxmemory: raise maxmemory for the load",
+                needed >> 20,
+                left >> 20
             ),
         }
     }
@@ -198,6 +214,10 @@ mod tests {
             LockError::WrongType,
             LockError::BadPolicy("imports present".into()),
             LockError::TokensExhausted,
+            LockError::CompileMemory {
+                needed: 64 << 20,
+                left: 8 << 20,
+            },
         ];
         for e in errors {
             let text = e.to_string();

@@ -243,10 +243,13 @@ fn validate(lease: Lease) -> Result<Lease, DecodeError> {
         return Err(DecodeError::BadOwner);
     }
     // Far beyond any real time (now ~2^41 ms, TTLs at most 2^40 ms), and far
-    // from overflowing the arithmetic done with them.
-    if [lease.deadline_ms, lease.acquired_at_ms]
-        .iter()
-        .any(|t| t.unsigned_abs() > MAX_TIME_MS)
+    // from overflowing the arithmetic done with them. The deadline becomes
+    // the key's expiry, which Redis refuses if negative (the key would then
+    // never expire).
+    if lease.deadline_ms < 0
+        || [lease.deadline_ms, lease.acquired_at_ms]
+            .iter()
+            .any(|t| t.unsigned_abs() > MAX_TIME_MS)
     {
         return Err(DecodeError::BadTimes);
     }
@@ -328,12 +331,17 @@ pub(crate) mod tests {
             b"288230376151711744:1800000030000:1800000000000:3:1"
         );
         assert_eq!(parse_grant_fields(b"me", f.as_bytes()), Ok(l));
-        let mut neg = lease("me", 1, -5, 2);
+        let mut neg = lease("me", 1, -5, 7);
         neg.client_id = 0;
-        assert_eq!(GrantFields::of(&neg).as_bytes(), b"1:-3:-5:0:0");
+        assert_eq!(GrantFields::of(&neg).as_bytes(), b"1:2:-5:0:0");
         assert_eq!(
             parse_grant_fields(b"me", GrantFields::of(&neg).as_bytes()),
             Ok(neg)
+        );
+        // A negative deadline would be a key that never expires.
+        assert_eq!(
+            parse_grant_fields(b"me", b"1:-3:-5:0:0"),
+            Err(DecodeError::BadTimes)
         );
         for bad in [
             &b""[..],
@@ -378,7 +386,7 @@ pub(crate) mod tests {
             let l = Lease {
                 owner: b"o"[..].into(),
                 token,
-                deadline_ms: acquired + ttl,
+                deadline_ms: (acquired + ttl).max(0),
                 acquired_at_ms: acquired,
                 extensions,
                 session,
@@ -415,7 +423,7 @@ pub(crate) mod tests {
             let l = Lease {
                 owner: owner.into(),
                 token,
-                deadline_ms: acquired.saturating_add(ttl),
+                deadline_ms: acquired.saturating_add(ttl).max(0),
                 acquired_at_ms: acquired,
                 extensions,
                 session,

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod parse;
 pub mod policy;
 pub mod rules;
+pub mod throttle;
 
 pub use clock::TokenClock;
 pub use error::LockError;

@@ -12,6 +12,7 @@ mod common_a;
 mod common_b;
 mod holder_crash;
 mod paused_holder;
+mod random_history;
 mod sentinel_failover;
 mod slot_migration;
 mod soak;

@@ -36,6 +36,26 @@ pub const MAX_FUNCTION_BYTES: usize = 128 * 1024;
 /// example policies: 46).
 pub const MAX_NESTING: usize = 1024;
 
+/// The room under `maxmemory` a client's `LOCK.POLICY LOAD` needs: its
+/// compile's transient memory (some 50 MiB at most, see
+/// [`MAX_FUNCTION_BYTES`]) counts in `used_memory`, and pushing that over
+/// `maxmemory` would evict keys (held locks among them) or fail other
+/// clients' writes with `OOM` while the compile runs.
+pub const COMPILE_HEADROOM_BYTES: u64 = 64 << 20;
+
+/// Refuses a compile with less than [`COMPILE_HEADROOM_BYTES`] left between
+/// `used` and `maxmemory` (0: no limit).
+pub fn check_compile_headroom(maxmemory: u64, used: u64) -> Result<(), crate::LockError> {
+    let left = maxmemory.saturating_sub(used);
+    if maxmemory == 0 || left >= COMPILE_HEADROOM_BYTES {
+        return Ok(());
+    }
+    Err(crate::LockError::CompileMemory {
+        needed: COMPILE_HEADROOM_BYTES,
+        left,
+    })
+}
+
 /// Longest guest-supplied text (a rejection message) put into a load error.
 const MAX_GUEST_TEXT_CHARS: usize = crate::error::MAX_REASON_CHARS;
 

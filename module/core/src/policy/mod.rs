@@ -37,8 +37,9 @@ mod runner;
 mod specs;
 
 pub use engine::{
-    CompiledPolicy, MAX_FUNCTION_BYTES, MAX_INPUT_BYTES, MAX_NESTING, MAX_TABLE_ELEMENTS,
-    MAX_WASM_STACK_BYTES, PolicyEngine, check_module_size,
+    COMPILE_HEADROOM_BYTES, CompiledPolicy, MAX_FUNCTION_BYTES, MAX_INPUT_BYTES, MAX_NESTING,
+    MAX_TABLE_ELEMENTS, MAX_WASM_STACK_BYTES, PolicyEngine, check_compile_headroom,
+    check_module_size,
 };
 pub use error::{EvalFailure, LoadError};
 pub use registry::{Evaluation, Note, PolicyInfo, Registry};
