@@ -13,12 +13,21 @@ WASM_TARGET  := wasm32-unknown-unknown
 DEFAULT_POLICY          ?= max-ttl
 DEFAULT_POLICY_SETTINGS ?= {"default_ms":30000,"prefixes":[{"prefix":"batch:","max_ms":60000}],"action":"clamp"}
 
-.PHONY: deps build module policies run test test-unit test-integration test-faults bench lint fmt clean
+.PHONY: help deps build module policies run test test-unit test-integration test-faults bench lint fmt clean
 # One step at a time, also under `make -j`: the suites start servers and
 # measure time on a small machine, and every step needs `deps` first.
 .NOTPARALLEL:
 
 TEST_ENV := LOCKWARDEN_MODULE=$(CURDIR)/$(MODULE) LOCKWARDEN_POLICIES=$(CURDIR)/$(POLICY_DIR)
+
+help:
+	@echo 'make run               install what is missing, build, start $(SERVER) on port $(PORT) with the module and the $(DEFAULT_POLICY) policy (foreground)'
+	@echo 'make test              lint, unit tests, integration tests (redis-server and valkey-server), fault suite (tests/FAULTS.md)'
+	@echo 'make build             the module (target/release/liblockwarden.so) and the example policies (target/policies/*.wasm)'
+	@echo 'make test-unit | test-integration | test-faults | lint | fmt    one part of it'
+	@echo 'make bench             criterion benches and the side-by-side load comparisons (benches/README.md)'
+	@echo 'make deps              install the missing system packages and Rust targets (idempotent)'
+	@echo 'make clean             cargo clean'
 
 deps:
 	@./scripts/install-deps.sh

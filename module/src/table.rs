@@ -5,6 +5,7 @@
 
 use crate::ffi::{self, api};
 use crate::{commands, list, policies};
+use lockwarden_core::LockError;
 use redis_module::raw;
 use std::ffi::{CStr, c_int};
 
@@ -32,6 +33,22 @@ entry!(cmd_policy_load => policies::load);
 entry!(cmd_policy_unload => policies::unload);
 entry!(cmd_policy_list => policies::list);
 entry!(cmd_policy_eval => policies::eval);
+entry!(cmd_policy_help => policy_help);
+
+/// `LOCK.POLICY HELP`: the subcommands and what they do, from this table
+/// (Redis's answer to an unknown subcommand points here).
+fn policy_help(call: &ffi::Call) -> Result<(), LockError> {
+    ffi::reply::array(call.ctx, POLICY_SUBCOMMANDS.len());
+    for spec in POLICY_SUBCOMMANDS {
+        let line = format!(
+            "LOCK.POLICY {} - {}",
+            spec.name.to_string_lossy(),
+            spec.summary.to_string_lossy()
+        );
+        ffi::reply::bulk(call.ctx, line.as_bytes());
+    }
+    Ok(())
+}
 
 type Entry = unsafe extern "C" fn(*mut ffi::Ctx, *mut *mut ffi::RString, c_int) -> c_int;
 
@@ -174,6 +191,16 @@ const POLICY_SUBCOMMANDS: &[Spec] = &[
         summary: c"Dry run of one policy: EVAL name ACQUIRE|EXTEND|RELEASE key owner ttl-ms.",
         complexity: c"O(1) plus the policy",
         acl: Some(c"admin dangerous"),
+    },
+    Spec {
+        name: c"HELP",
+        entry: cmd_policy_help,
+        flags: c"readonly fast",
+        arity: 2,
+        key: None,
+        summary: c"Lists the LOCK.POLICY subcommands.",
+        complexity: c"O(1)",
+        acl: None,
     },
 ];
 

@@ -653,6 +653,33 @@ for_each_flavor! {
         assert_eq!(info_after["policy_audit_denials"], 1, "only the real acquire");
     }
 
+    /// EVAL runs on an instance of its own: a failing dry run leaves the
+    /// live one alone (it used to rebuild it, which under a lowered fuel
+    /// limit broke the policy for a second after the limit was raised).
+    fn eval_leaves_the_live_instance_alone(flavor: Flavor) {
+        let server = Server::start(flavor);
+        load_example(&server, "md", "max-ttl", "md:*", r#"{"default_ms":5000,"action":"deny"}"#);
+        config_set(&server, "lockwarden.policy-fuel", "1000");
+        let reply = server.cmd_text(&["LOCK.POLICY", "EVAL", "md", "ACQUIRE", "md:k", "me", "100000"]);
+        assert!(reply.starts_with("(error) POLICY policy md failed: "), "{reply}");
+        assert_eq!(listed(&server, "md").get("broken"), &Value::Nil, "the live instance");
+        config_set(&server, "lockwarden.policy-fuel", "1000000");
+        assert_eq!(acquire_ok(&server, "md:k", "me", 1000).1, 1000, "at once");
+        assert_eq!(listed(&server, "md").counts(), (1, 0, 0));
+    }
+
+    /// `LOCK.POLICY HELP` lists the subcommands (where Redis points an
+    /// unknown one).
+    fn policy_help(flavor: Flavor) {
+        let server = Server::start(flavor);
+        let help = server.cmd_text(&["LOCK.POLICY", "HELP"]);
+        for sub in ["LOAD", "UNLOAD", "LIST", "EVAL", "HELP"] {
+            assert!(help.contains(&format!("LOCK.POLICY {sub} - ")), "{help}");
+        }
+        let unknown = server.cmd_text(&["LOCK.POLICY", "FOO"]);
+        assert!(unknown.contains("Try LOCK.POLICY HELP"), "{unknown}");
+    }
+
     /// `LOCK.POLICY EVAL` asks with the request the real command sends: the
     /// queue's length, and no TTL for a release. Neither sees a lease past
     /// its deadline (kept in the keyspace by PERSIST) as a holder: the lock

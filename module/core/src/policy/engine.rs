@@ -530,6 +530,27 @@ impl CompiledPolicy {
         decision
     }
 
+    /// Evaluates one encoded request on an instance of its own, started
+    /// under `limits` and dropped after: `LOCK.POLICY EVAL`, which must leave
+    /// the live instance as it is whatever the request does to the one it
+    /// runs on (a failure would rebuild it, and under lowered limits break
+    /// it).
+    pub(crate) fn dry_run(
+        &self,
+        request: &[u8],
+        limits: EvalLimits,
+    ) -> Result<Decision, EvalFailure> {
+        let Some(module) = &self.module else {
+            return Err(EvalFailure::Unavailable(
+                self.broken().unwrap_or_default().to_owned(),
+            ));
+        };
+        let mut guest = Guest::start(module, &self.spec.settings, limits).map_err(|e| {
+            EvalFailure::Runtime(format!("the policy did not start: {}", e.message()))
+        })?;
+        guest.evaluate(request, limits)
+    }
+
     /// Replaces the instance with a fresh one (or records why that failed).
     fn rebuild(&mut self, limits: EvalLimits) {
         let Some(module) = &self.module else {

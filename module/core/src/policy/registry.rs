@@ -315,24 +315,25 @@ impl Registry {
     }
 
     /// `LOCK.POLICY EVAL`: the decision of the named policy alone, whatever
-    /// its key glob and mode. Nothing is counted (a dry run is not an
-    /// evaluation of a command), but a failure still rebuilds the instance.
-    /// Errors: `ERR` for an unknown policy, `POLICY` for a failure.
+    /// its key glob and mode, from an instance of its own (the live one is
+    /// untouched, also by a failure). Nothing is counted (a dry run is not
+    /// an evaluation of a command). Errors: `ERR` for an unknown policy,
+    /// `POLICY` for a failure.
     pub fn dry_run(
         &mut self,
         name: &str,
         request: &Request<'_>,
         limits: EvalLimits,
     ) -> Result<Decision, LockError> {
-        let Some(entry) = self.entries.iter_mut().find(|e| e.policy.name() == name) else {
+        let Some(entry) = self.entries.iter().find(|e| e.policy.name() == name) else {
             return Err(LockError::syntax(format!(
                 "no such policy '{}'",
                 one_line(name, MAX_REASON_CHARS)
             )));
         };
-        let policy = &mut entry.policy;
+        let policy = &entry.policy;
         encode_request(request, &mut self.scratch)
-            .and_then(|()| policy.evaluate(&self.scratch, limits))
+            .and_then(|()| policy.dry_run(&self.scratch, limits))
             .map_err(|failed| LockError::Policy {
                 policy: policy.name().to_owned(),
                 cause: failed.to_string(),
