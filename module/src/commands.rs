@@ -99,7 +99,7 @@ pub fn install(
     replicate::grant(ctx, name, target.owner_arg, &lease);
     // SAFETY: the key name lives for the whole call.
     sessions::track(&lease, target.db, unsafe { ffi::bytes(name) });
-    put(key, lease, now_ms, Expiry::Deadline);
+    put(key, lease, now_ms);
     ffi::notify(
         ctx,
         match kind {
@@ -111,17 +111,7 @@ pub fn install(
 }
 
 /// Stores `lease` in `key` without replicating it.
-/// What storing a lease does to its key's expiry.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Expiry {
-    /// The key expires at the lease's deadline (every grant and extension).
-    Deadline,
-    /// The key's expiry is left as it is (`LOCK._GRANT ... KEEPTTL`, the
-    /// AOF rewrite's form, followed by the key's own `PEXPIREAT` if any).
-    Keep,
-}
-
-fn put(key: &mut Key, lease: Lease, now_ms: i64, expiry: Expiry) {
+fn put(key: &mut Key, lease: Lease, now_ms: i64) {
     let deadline = lease.deadline_ms;
     match key.slot::<Lease>(ty()) {
         Slot::Ours(existing) => {
@@ -134,11 +124,9 @@ fn put(key: &mut Key, lease: Lease, now_ms: i64, expiry: Expiry) {
                 sessions::forget(existing);
             }
             *existing = lease;
+            key.expire_at(deadline);
         }
         Slot::Empty | Slot::Other => lease_type::store(key, lease),
-    }
-    if expiry == Expiry::Deadline {
-        key.expire_at(deadline);
     }
 }
 
@@ -416,22 +404,23 @@ pub fn high_water(call: &Call) -> Outcome {
     Ok(())
 }
 
-/// `LOCK._GRANT key owner token:deadline-ms:acquired-at-ms:extensions:session
-/// [KEEPTTL]`: applies a grant decided by the primary, or a lease written by
-/// an AOF rewrite.
+/// `LOCK._GRANT key owner token:deadline-ms:acquired-at-ms:extensions:session`:
+/// applies a grant decided by the primary.
 pub fn grant(call: &Call) -> Outcome {
     internal_only(call, "LOCK._GRANT")?;
     let args = call.args();
-    let grant = parse::grant(&args)?;
-    state::observe_token(grant.lease.token);
+    let lease = parse::grant(&args)
+        .inspect_err(|e| {
+            // The AOF loader drops error replies: say it here.
+            if call.flags() & ffi::CTX_LOADING != 0 {
+                tracing::warn!("a lock in the AOF could not be restored: {e}");
+            }
+        })?
+        .lease;
+    state::observe_token(lease.token);
     let mut key = Key::write(call.ctx, call.key());
     let now = ffi::command_now_ms();
-    let expiry = if grant.keep_ttl {
-        Expiry::Keep
-    } else {
-        Expiry::Deadline
-    };
-    state::own_write(|| put(&mut key, grant.lease, now, expiry));
+    state::own_write(|| put(&mut key, lease, now));
     // Into this node's own AOF (a replica proxies the stream to its replicas).
     api!(RedisModule_ReplicateVerbatim, call.ctx);
     reply::ok(call.ctx);

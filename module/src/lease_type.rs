@@ -48,9 +48,11 @@ pub fn ty() -> *mut raw::RedisModuleType {
     *LEASE_TYPE.raw_type.borrow()
 }
 
-/// Hands a lease to Redis as a key's value (the caller sets the expiry).
+/// Hands a lease to Redis as a key's value.
 pub fn store(key: &mut ffi::Key, lease: Lease) {
+    let deadline = lease.deadline_ms;
     key.set(ty(), Box::new(lease));
+    key.expire_at(deadline);
     stats::lock_created();
 }
 

@@ -27,6 +27,7 @@ use redis_module::raw;
 use std::cell::RefCell;
 use std::ffi::{c_int, c_void};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 static ENGINE: OnceLock<PolicyEngine> = OnceLock::new();
 static REGISTRY: MainThread<RefCell<Option<Registry>>> = MainThread::new(RefCell::new(None));
@@ -125,33 +126,55 @@ pub fn check(call: &Call, ask: &Ask<'_>) -> Result<Option<u64>, LockError> {
     let req = request(ask, client_id, name_bytes(&user));
     let evaluation = with(|r| r.evaluate(&req, limits(), failure_mode()));
     for note in &evaluation.notes {
-        if matches!(note, Note::AuditDeny { .. }) {
-            stats::POLICY_AUDIT_DENIALS.incr();
-        }
-        warn_throttled(ask.now_ms, note);
+        let log = match note {
+            Note::AuditDeny { .. } => {
+                stats::POLICY_AUDIT_DENIALS.incr();
+                &AUDIT_LOG
+            }
+            Note::AuditClamp { .. } => &AUDIT_LOG,
+            Note::Failure { .. } => &FAILURE_LOG,
+        };
+        log.warn(ask.now_ms, note);
     }
     // Failures are operational problems; denials are expected outcomes,
     // counted in INFO and published as keyspace events instead.
     if let Err(e @ LockError::Policy { .. }) = &evaluation.verdict {
         let key = lockwarden_sdk::text::show(ask.key, 64);
-        warn_throttled(ask.now_ms, format_args!("{e} (key {key})"));
+        FAILURE_LOG.warn(ask.now_ms, format_args!("{e} (key {key})"));
     }
     evaluation.verdict
 }
 
-/// Audit denials and policy failures can come with every command: at most
-/// [`LOG_LINES_PER_SECOND`] of them a second reach the (synchronous) log.
-static POLICY_LOG: Throttle = Throttle::new(LOG_LINES_PER_SECOND, 1000);
+/// Audit notes and policy failures can come with every command: at most
+/// [`LOG_LINES_PER_SECOND`] of each a second reach the (synchronous) log,
+/// separately so that a chatty audit policy cannot hide failures.
+static AUDIT_LOG: PolicyLog = PolicyLog::new("audit");
+static FAILURE_LOG: PolicyLog = PolicyLog::new("failure");
 const LOG_LINES_PER_SECOND: u32 = 10;
 
-fn warn_throttled(now_ms: i64, line: impl std::fmt::Display) {
-    if let Some(suppressed) = POLICY_LOG.admit(now_ms) {
-        if suppressed > 0 {
-            tracing::warn!(
-                "{suppressed} policy audit/failure messages not logged (at most {LOG_LINES_PER_SECOND} a second; INFO lockwarden counts them all)"
-            );
+struct PolicyLog {
+    what: &'static str,
+    throttle: Throttle,
+}
+
+impl PolicyLog {
+    const fn new(what: &'static str) -> Self {
+        PolicyLog {
+            what,
+            throttle: Throttle::new(LOG_LINES_PER_SECOND, 1000),
         }
-        tracing::warn!("{line}");
+    }
+
+    fn warn(&self, now_ms: i64, line: impl std::fmt::Display) {
+        if let Some(suppressed) = self.throttle.admit(now_ms) {
+            if suppressed > 0 {
+                tracing::warn!(
+                    "{suppressed} policy {} messages not logged (at most {LOG_LINES_PER_SECOND} a second; INFO lockwarden counts them all)",
+                    self.what
+                );
+            }
+            tracing::warn!("{line}");
+        }
     }
 }
 
@@ -186,8 +209,6 @@ pub fn load(call: &Call) -> Result<(), LockError> {
         }
         // Before copying what may be a very large argument.
         check_module_size(req.wasm.len(), max_module_bytes()).map_err(load_error)?;
-        let (maxmemory, used) = memory(call.ctx);
-        check_compile_headroom(maxmemory, used)?;
     }
     let spec = PolicySpec {
         name: String::from_utf8_lossy(req.name).into_owned(),
@@ -225,6 +246,8 @@ pub fn load(call: &Call) -> Result<(), LockError> {
         }
         return finish_load(call.ctx, Ok(policy), replace);
     }
+    let (maxmemory, used) = memory(call.ctx);
+    check_compile_headroom(maxmemory, used, COMPILING.load(Relaxed))?;
     let bc = api!(
         RedisModule_BlockClient,
         call.ctx,
@@ -233,10 +256,7 @@ pub fn load(call: &Call) -> Result<(), LockError> {
         Some(free_load),
         0
     );
-    let job = LoadJob {
-        bc: bc as usize,
-        replace,
-    };
+    let job = LoadJob::new(bc, replace);
     let (max, limits) = (max_module_bytes(), limits());
     let spawned = std::thread::Builder::new()
         .name("lockwarden-compile".into())
@@ -255,11 +275,7 @@ pub fn load(call: &Call) -> Result<(), LockError> {
             job.finish(compiled);
         });
     if let Err(e) = spawned {
-        LoadJob {
-            bc: bc as usize,
-            replace,
-        }
-        .finish(Err(LockError::BadPolicy(format!(
+        LoadJob::new(bc, replace).finish(Err(LockError::BadPolicy(format!(
             "could not start the compiler thread: {e}"
         ))));
     }
@@ -274,6 +290,26 @@ const COMPILE_STACK_BYTES: usize = 8 << 20;
 struct LoadJob {
     bc: usize,
     replace: bool,
+    _compiling: Compiling,
+}
+
+/// Background compiles running (see [`check_compile_headroom`]).
+static COMPILING: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one compile in [`COMPILING`] for as long as it lives.
+struct Compiling;
+
+impl Compiling {
+    fn start() -> Self {
+        COMPILING.fetch_add(1, Relaxed);
+        Compiling
+    }
+}
+
+impl Drop for Compiling {
+    fn drop(&mut self) {
+        COMPILING.fetch_sub(1, Relaxed);
+    }
 }
 
 struct LoadResult {
@@ -282,6 +318,14 @@ struct LoadResult {
 }
 
 impl LoadJob {
+    fn new(bc: *mut raw::RedisModuleBlockedClient, replace: bool) -> Self {
+        LoadJob {
+            bc: bc as usize,
+            replace,
+            _compiling: Compiling::start(),
+        }
+    }
+
     /// Hands the compiled policy to the main thread (`load_done`).
     fn finish(self, compiled: Result<CompiledPolicy, LockError>) {
         let result = Box::new(LoadResult {

@@ -3,9 +3,9 @@
 //! token:deadline-ms:acquired-at-ms:extensions:session` (absolute times, the
 //! token); a release as `DEL`. Replicas and the AOF
 //! replay these facts without consulting a clock or a policy. An AOF rewrite
-//! writes each lease as `LOCK._GRANT ... KEEPTTL`: the key's expiry is
-//! Redis's to write (its `PEXPIREAT` follows the record), since `PERSIST` or
-//! `PEXPIRE` may have moved it away from the lease's deadline.
+//! writes each lease as that `LOCK._GRANT` and a `PERSIST`: the key's expiry
+//! is Redis's to write (its `PEXPIREAT` follows, if the key has one), since
+//! `PERSIST` or `PEXPIRE` may have moved it away from the lease's deadline.
 
 use crate::ffi::{Ctx, RString, api};
 use lockwarden_core::Lease;
@@ -15,10 +15,9 @@ use redis_module::raw::RedisModuleIO;
 pub const GRANT_CMD: &std::ffi::CStr = c"LOCK._GRANT";
 
 /// Calls a variadic emitter (`RedisModule_Replicate` or `RedisModule_EmitAOF`)
-/// with `LOCK._GRANT key owner token:deadline:acquired-at:extensions:session`
-/// and then the C-string arguments `$extra` (format `$fmt`).
+/// with `LOCK._GRANT key owner token:deadline:acquired-at:extensions:session`.
 macro_rules! emit_grant {
-    ($emit:ident, $target:expr, $key:expr, $lease:expr, $fmt:expr $(, $extra:expr)*) => {{
+    ($emit:ident, $target:expr, $key:expr, $lease:expr) => {{
         let l: &Lease = $lease;
         let fields = GrantFields::of(l);
         let f = fields.as_bytes();
@@ -27,13 +26,12 @@ macro_rules! emit_grant {
             $emit,
             $target,
             GRANT_CMD.as_ptr(),
-            $fmt.as_ptr(),
+            c"sbb".as_ptr(),
             $key,
             l.owner.as_ptr().cast::<std::ffi::c_char>(),
             l.owner.len(),
             f.as_ptr().cast::<std::ffi::c_char>(),
             f.len()
-            $(, $extra.as_ptr())*
         )
     }};
 }
@@ -59,15 +57,24 @@ pub fn grant(ctx: *mut Ctx, key: *mut RString, owner_arg: Option<*mut RString>, 
             );
         }
         None => {
-            emit_grant!(RedisModule_Replicate, ctx, key, lease, c"sbb");
+            emit_grant!(RedisModule_Replicate, ctx, key, lease);
         }
     }
 }
 
-/// Writes `lease` on `key` into an AOF rewrite, leaving the key's expiry to
-/// the `PEXPIREAT` Redis writes after it.
+/// Writes `lease` on `key` into an AOF rewrite, then `PERSIST`: the key's
+/// own expiry, which Redis writes after it as `PEXPIREAT` if there is one,
+/// is what the key gets back. (Not an option of `LOCK._GRANT`: an older
+/// module must still load the file.)
 pub fn emit_grant_aof(aof: *mut RedisModuleIO, key: *mut RString, lease: &Lease) {
-    emit_grant!(RedisModule_EmitAOF, aof, key, lease, c"sbbc", c"KEEPTTL");
+    emit_grant!(RedisModule_EmitAOF, aof, key, lease);
+    api!(
+        RedisModule_EmitAOF,
+        aof,
+        c"PERSIST".as_ptr(),
+        c"s".as_ptr(),
+        key
+    );
 }
 
 /// Replicates the removal of a lock.

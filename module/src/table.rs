@@ -123,7 +123,7 @@ const COMMANDS: &[Spec] = &[
         name: c"LOCK._GRANT",
         entry: cmd_grant,
         flags: c"write fast no-monitor",
-        arity: -4,
+        arity: 4,
         key: Some(RW | UPDATE),
         summary: c"Internal: applies a grant decided by the primary (replication and AOF only).",
         complexity: c"O(1)",
@@ -195,7 +195,7 @@ const POLICY_SUBCOMMANDS: &[Spec] = &[
     Spec {
         name: c"HELP",
         entry: cmd_policy_help,
-        flags: c"readonly fast",
+        flags: c"fast allow-loading allow-stale",
         arity: 2,
         key: None,
         summary: c"Lists the LOCK.POLICY subcommands.",

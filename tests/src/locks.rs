@@ -450,6 +450,17 @@ pub fn rewrite_aof(s: &Server, timeout: Duration) {
 /// manifest; the ones from before the last rewrite are history, `type h`).
 /// Empty when there is no AOF.
 pub fn aof_incr_files(s: &Server) -> Vec<Vec<u8>> {
+    aof_files(s, "i")
+}
+
+/// The contents of the AOF's base file (`type b`: the last rewrite's
+/// output), if there is one.
+pub fn aof_base_file(s: &Server) -> Option<Vec<u8>> {
+    aof_files(s, "b").pop()
+}
+
+/// The contents of the AOF files of manifest type `kind`.
+fn aof_files(s: &Server, kind: &str) -> Vec<Vec<u8>> {
     let dir = s.dir().join("appendonlydir");
     let manifest = std::fs::read_dir(&dir)
         .into_iter()
@@ -460,7 +471,7 @@ pub fn aof_incr_files(s: &Server) -> Vec<Vec<u8>> {
         .unwrap_or_default();
     manifest
         .lines()
-        .filter(|l| l.ends_with(" type i"))
+        .filter(|l| l.ends_with(&format!(" type {kind}")))
         .filter_map(|l| l.split_whitespace().nth(1))
         .map(|f| std::fs::read(dir.join(f)).unwrap_or_default())
         .collect()

@@ -325,8 +325,9 @@ for_each_flavor! {
     /// A lock key's own expiry survives an AOF rewrite without preamble
     /// where it differs from the lease's deadline: removed by `PERSIST` (the
     /// rewrite gave the key the deadline back, so a reload changed the
-    /// data) or moved by `PEXPIREAT`. The rewrite writes `LOCK._GRANT ...
-    /// KEEPTTL` and Redis the key's own `PEXPIREAT` after it.
+    /// data) or moved by `PEXPIREAT`. The rewrite writes `LOCK._GRANT` (its
+    /// three-argument form, which older modules read too) and `PERSIST`,
+    /// and Redis the key's own `PEXPIREAT` after them.
     fn aof_rewrite_keeps_the_keys_own_expiry(flavor: Flavor) {
         let s = Server::builder(flavor)
             .arg("appendonly", "yes")
@@ -350,6 +351,11 @@ for_each_flavor! {
         assert_eq!(before[2].0, moved_to as i64);
         let dataset = s.cmd_text(&["DEBUG", "DIGEST"]);
         rewrite_aof(&s, TIMEOUT);
+        let base = aof_base_file(&s).expect("an AOF base file");
+        let count = |needle: &[u8]| base.windows(needle.len()).filter(|w| w == &needle).count();
+        assert_eq!(count(b"*4\r\n$11\r\nLOCK._GRANT\r\n"), 3, "{}", String::from_utf8_lossy(&base));
+        assert_eq!(count(b"*2\r\n$7\r\nPERSIST\r\n"), 3);
+        assert_eq!(count(b"PEXPIREAT"), 2, "not for the persisted key");
         assert_eq!(s.cmd_text(&["DEBUG", "LOADAOF"]), "OK");
         assert_eq!(state(&s), before, "(PEXPIRETIME, DIGEST-VALUE) after the reload");
         assert_eq!(s.cmd_text(&["DEBUG", "DIGEST"]), dataset);

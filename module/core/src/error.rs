@@ -151,7 +151,7 @@ impl fmt::Display for LockError {
             ),
             LockError::CompileMemory { needed, left } => write!(
                 f,
-                "compiling a policy takes up to {} MiB for a moment, counted in used_memory, and only {} MiB are left under maxmemory: raise maxmemory for the load",
+                "compiling a policy takes up to {} MiB for a moment (64 MiB for each compile running, this one included), counted in used_memory, and only {} MiB are left under maxmemory: raise maxmemory for the load",
                 needed >> 20,
                 left >> 20
             ),

@@ -235,7 +235,7 @@ const MAX_TIME_MS: u64 = 1 << 50;
 /// load (RDB) what its primary, or itself, wrote. In particular a deadline
 /// may precede the acquisition time: a holder that extends on a node whose
 /// clock is behind the one that granted the lock gets `now + ttl`.
-fn validate(lease: Lease) -> Result<Lease, DecodeError> {
+fn validate(mut lease: Lease) -> Result<Lease, DecodeError> {
     if lease.token == 0 || lease.token > MAX_TOKEN {
         return Err(DecodeError::BadToken);
     }
@@ -243,16 +243,17 @@ fn validate(lease: Lease) -> Result<Lease, DecodeError> {
         return Err(DecodeError::BadOwner);
     }
     // Far beyond any real time (now ~2^41 ms, TTLs at most 2^40 ms), and far
-    // from overflowing the arithmetic done with them. The deadline becomes
-    // the key's expiry, which Redis refuses if negative (the key would then
-    // never expire).
-    if lease.deadline_ms < 0
-        || [lease.deadline_ms, lease.acquired_at_ms]
-            .iter()
-            .any(|t| t.unsigned_abs() > MAX_TIME_MS)
+    // from overflowing the arithmetic done with them.
+    if [lease.deadline_ms, lease.acquired_at_ms]
+        .iter()
+        .any(|t| t.unsigned_abs() > MAX_TIME_MS)
     {
         return Err(DecodeError::BadTimes);
     }
+    // The deadline becomes the key's expiry, which Redis refuses if negative
+    // (the key would never expire). Only a forged lease has one: it ended
+    // long ago (not refused, or an RDB that holds one would not load).
+    lease.deadline_ms = lease.deadline_ms.max(0);
     Ok(lease)
 }
 
@@ -338,10 +339,10 @@ pub(crate) mod tests {
             parse_grant_fields(b"me", GrantFields::of(&neg).as_bytes()),
             Ok(neg)
         );
-        // A negative deadline would be a key that never expires.
+        // A negative deadline (a key that would never expire) ended long ago.
         assert_eq!(
-            parse_grant_fields(b"me", b"1:-3:-5:0:0"),
-            Err(DecodeError::BadTimes)
+            parse_grant_fields(b"me", b"1:-3:-5:0:0").map(|l| l.deadline_ms),
+            Ok(0)
         );
         for bad in [
             &b""[..],

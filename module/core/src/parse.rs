@@ -44,18 +44,14 @@ pub struct Extend<'a> {
     pub fence: Option<u64>,
 }
 
-/// `LOCK._GRANT key owner fields [KEEPTTL]`: the replicated effect of a
-/// grant or extension (see [`crate::lease::GrantFields`]).
+/// `LOCK._GRANT key owner fields`: the replicated effect of a grant or
+/// extension (see [`crate::lease::GrantFields`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant<'a> {
     /// The lock's key.
     pub key: &'a [u8],
     /// The lease to store (client id 0).
     pub lease: Lease,
-    /// `KEEPTTL`: leave the key's expiry as it is instead of setting it to
-    /// the lease's deadline. The AOF rewrite's form: Redis writes the key's
-    /// own `PEXPIREAT` after it, or nothing if `PERSIST` removed the expiry.
-    pub keep_ttl: bool,
 }
 
 /// `LOCK.LIST [CURSOR cursor] [MATCH glob] [HELDMORE ms] [COUNT n]`: one
@@ -414,22 +410,12 @@ pub fn high_water(args: &[&[u8]]) -> Result<u64, LockError> {
 
 /// Parses `LOCK._GRANT` arguments.
 pub fn grant<'a>(args: &[&'a [u8]]) -> Result<Grant<'a>, LockError> {
-    let [key, who, fields, rest @ ..] = args else {
+    let [key, who, fields] = args else {
         return Err(arity("lock._grant"));
     };
     let lease = crate::lease::parse_grant_fields(owner(who)?, fields)
         .map_err(|e| LockError::syntax(format!("invalid lease fields: {e}")))?;
-    let mut keep_ttl = false;
-    let mut opts = Options::new(rest);
-    while let Some(opt) = opts.next(&[("KEEPTTL", false)]) {
-        opt?;
-        keep_ttl = true;
-    }
-    Ok(Grant {
-        key,
-        lease,
-        keep_ttl,
-    })
+    Ok(Grant { key, lease })
 }
 
 #[cfg(test)]
@@ -519,11 +505,6 @@ mod tests {
             grant(&a(&["k", "me", "5:100:200:0:0"])).map(|g| g.lease.deadline_ms),
             Ok(100)
         );
-        assert!(!g.keep_ttl);
-        let kept = grant(&a(&["k", "me", "5:200:100:2:1", "keepttl"])).unwrap();
-        assert_eq!((kept.lease, kept.keep_ttl), (g.lease.clone(), true));
-        assert!(grant(&a(&["k", "me", "5:200:100:2:1", "KEEPTTL", "KEEPTTL"])).is_err());
-        assert!(grant(&a(&["k", "me", "5:200:100:2:1", "PERSIST"])).is_err());
         assert!(grant(&a(&["k", "me", "0:200:100:0:0"])).is_err());
         assert!(grant(&a(&["k", "me"])).is_err());
         assert!(grant(&a(&["k", "", "5:200:100:0:0"])).is_err());

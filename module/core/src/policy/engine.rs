@@ -43,17 +43,20 @@ pub const MAX_NESTING: usize = 1024;
 /// clients' writes with `OOM` while the compile runs.
 pub const COMPILE_HEADROOM_BYTES: u64 = 64 << 20;
 
-/// Refuses a compile with less than [`COMPILE_HEADROOM_BYTES`] left between
-/// `used` and `maxmemory` (0: no limit).
-pub fn check_compile_headroom(maxmemory: u64, used: u64) -> Result<(), crate::LockError> {
+/// Refuses a compile unless [`COMPILE_HEADROOM_BYTES`] for it and for each
+/// of the `running` compiles are left between `used` and `maxmemory` (0: no
+/// limit).
+pub fn check_compile_headroom(
+    maxmemory: u64,
+    used: u64,
+    running: u64,
+) -> Result<(), crate::LockError> {
+    let needed = COMPILE_HEADROOM_BYTES.saturating_mul(running.saturating_add(1));
     let left = maxmemory.saturating_sub(used);
-    if maxmemory == 0 || left >= COMPILE_HEADROOM_BYTES {
+    if maxmemory == 0 || left >= needed {
         return Ok(());
     }
-    Err(crate::LockError::CompileMemory {
-        needed: COMPILE_HEADROOM_BYTES,
-        left,
-    })
+    Err(crate::LockError::CompileMemory { needed, left })
 }
 
 /// Longest guest-supplied text (a rejection message) put into a load error.
@@ -540,13 +543,17 @@ impl CompiledPolicy {
         request: &[u8],
         limits: EvalLimits,
     ) -> Result<Decision, EvalFailure> {
-        let Some(module) = &self.module else {
+        // Broken, the policy fails real commands: so does the dry run.
+        let (Some(module), None) = (&self.module, self.broken()) else {
             return Err(EvalFailure::Unavailable(
                 self.broken().unwrap_or_default().to_owned(),
             ));
         };
         let mut guest = Guest::start(module, &self.spec.settings, limits).map_err(|e| {
-            EvalFailure::Runtime(format!("the policy did not start: {}", e.message()))
+            EvalFailure::Runtime(format!(
+                "the policy does not start under the current limits: {}",
+                e.message()
+            ))
         })?;
         guest.evaluate(request, limits)
     }
@@ -870,5 +877,37 @@ impl Guest {
             .output(out)
             .map_err(EvalFailure::MalformedDecision)?;
         abi::decode(bytes).map_err(|e| EvalFailure::MalformedDecision(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compile_headroom_counts_the_running_compiles() {
+        const MIB: u64 = 1 << 20;
+        // No maxmemory: no limit.
+        assert_eq!(check_compile_headroom(0, 10_000 * MIB, 5), Ok(()));
+        // Exactly enough, then one byte short.
+        assert_eq!(check_compile_headroom(100 * MIB, 36 * MIB, 0), Ok(()));
+        assert_eq!(
+            check_compile_headroom(100 * MIB, 36 * MIB + 1, 0),
+            Err(crate::LockError::CompileMemory {
+                needed: 64 * MIB,
+                left: 64 * MIB - 1
+            })
+        );
+        // Room for two, not three.
+        assert_eq!(check_compile_headroom(200 * MIB, 72 * MIB, 1), Ok(()));
+        assert!(check_compile_headroom(200 * MIB, 72 * MIB, 2).is_err());
+        // Already over maxmemory.
+        assert_eq!(
+            check_compile_headroom(100 * MIB, 150 * MIB, 0),
+            Err(crate::LockError::CompileMemory {
+                needed: 64 * MIB,
+                left: 0
+            })
+        );
     }
 }
