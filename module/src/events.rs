@@ -14,7 +14,7 @@
 
 use crate::ffi::{self, Ctx, RString, api};
 use crate::state::MainThread;
-use crate::{persist, sessions, state, waiters};
+use crate::{persist, replicate, sessions, state, waiters};
 use lockwarden_core::Lease;
 use redis_module::raw;
 use std::cell::RefCell;
@@ -71,6 +71,7 @@ unsafe extern "C" fn on_loading(
         let ended = sub == raw::REDISMODULE_SUBEVENT_LOADING_ENDED
             || sub == raw::REDISMODULE_SUBEVENT_LOADING_FAILED;
         state::set_loading(!ended);
+        replicate::stream_may_have_opened();
         if ended {
             persist::loading_ended();
         }
@@ -86,6 +87,7 @@ unsafe extern "C" fn on_role_change(
     ffi::guard("role change event", (), || {
         let primary = sub == raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER;
         state::set_primary(primary);
+        replicate::stream_may_have_opened();
         if primary {
             // Back from a replica role (an aborted failover, REPLICAOF to
             // a host that never answered) with the same data: session
@@ -150,6 +152,7 @@ unsafe extern "C" fn on_fork(
 ) {
     ffi::guard("fork event", (), || {
         if sub == raw::REDISMODULE_SUBEVENT_FORK_CHILD_BORN {
+            replicate::stream_opened();
             persist::fork_started(ctx);
         }
     })

@@ -1,7 +1,7 @@
 //! The `lockwarden` section of `INFO`.
 
 use crate::ffi::{self, Ctx, api};
-use crate::{sessions, state, stats, waiters};
+use crate::{replicate, sessions, state, stats, waiters};
 use redis_module::raw;
 use std::ffi::{CString, c_int};
 
@@ -60,6 +60,17 @@ unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, for_crash_report: c
         field("hold_p99_ms", p99);
         field("hold_max_ms", max);
         field("token_high_water", state::high_water());
+        let propagation = match replicate::stream() {
+            replicate::Stream::Open => c"open",
+            replicate::Stream::Closed => c"closed",
+            replicate::Stream::Unknown => c"unknown",
+        };
+        api!(
+            RedisModule_InfoAddFieldCString,
+            ctx,
+            c"propagation".as_ptr(),
+            propagation.as_ptr()
+        );
     })
 }
 

@@ -7,10 +7,83 @@
 //! is Redis's to write (its `PEXPIREAT` follows, if the key has one), since
 //! `PERSIST` or `PEXPIRE` may have moved it away from the lease's deadline.
 
-use crate::ffi::{Ctx, RString, api};
+use crate::ffi::{self, Ctx, RString, api};
+use crate::state::MainThread;
 use lockwarden_core::Lease;
 use lockwarden_core::lease::GrantFields;
 use redis_module::raw::RedisModuleIO;
+use std::cell::Cell;
+
+/// Does anything read what this node propagates: an AOF, replicas, or a
+/// replication backlog (kept for a replica's partial resync)? Without one,
+/// Redis discards propagated commands (its `shouldPropagate`), and building
+/// a record is a third of an acquire's cost (`RedisModule_Replicate` looks
+/// the command up by name and copies its arguments): the records are then
+/// not built. The module sees every way the stream opens:
+/// - an AOF, a replica's full sync (and a `BGSAVE`) start with a fork
+///   ([`stream_opened`]): what was written before is in the fork's
+///   snapshot, what comes after is propagated;
+/// - a backlog can also appear without a fork when a primary restarts from
+///   an RDB (it keeps its replication id so that replicas continue
+///   partially) or a replica is promoted: after a load or a role change the
+///   state is unknown ([`stream_may_have_opened`]) and asked (`INFO`) before
+///   the next record.
+///
+/// Once open it stays open (a backlog outlives its replicas).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Unknown,
+    Closed,
+    Open,
+}
+
+static STREAM: MainThread<Cell<Stream>> = MainThread::new(Cell::new(Stream::Unknown));
+
+/// A fork: an AOF rewrite or a full sync may read the stream from now on.
+pub fn stream_opened() {
+    STREAM.get().set(Stream::Open);
+}
+
+/// A load or a role change: a backlog may exist now.
+pub fn stream_may_have_opened() {
+    if STREAM.get().get() == Stream::Closed {
+        STREAM.get().set(Stream::Unknown);
+    }
+}
+
+/// The state as last known (`INFO lockwarden` `propagation`).
+pub fn stream() -> Stream {
+    STREAM.get().get()
+}
+
+/// Is a record worth building? Asks the server once after a load or a role
+/// change.
+fn propagating(ctx: *mut Ctx) -> bool {
+    match STREAM.get().get() {
+        Stream::Open => true,
+        Stream::Closed => false,
+        Stream::Unknown => {
+            let open = stream_is_open(ctx);
+            STREAM
+                .get()
+                .set(if open { Stream::Open } else { Stream::Closed });
+            open
+        }
+    }
+}
+
+/// Redis's own test: an AOF is on, or a backlog exists (replicas have one).
+/// Open if the server cannot be asked.
+fn stream_is_open(ctx: *mut Ctx) -> bool {
+    let field_is = |section: &std::ffi::CStr, name: &str, value: &str| {
+        ffi::with_call_text(ctx, c"INFO", section, |text| {
+            ffi::info_field(&String::from_utf8_lossy(text), name) == Some(value)
+        })
+        .unwrap_or(true)
+    };
+    field_is(c"persistence", "aof_enabled", "1")
+        || field_is(c"replication", "repl_backlog_active", "1")
+}
 
 pub const GRANT_CMD: &std::ffi::CStr = c"LOCK._GRANT";
 
@@ -40,6 +113,9 @@ macro_rules! emit_grant {
 /// command's own owner argument, if it has one: Redis then shares that string
 /// instead of copying the owner (checked to hold the lease's owner).
 pub fn grant(ctx: *mut Ctx, key: *mut RString, owner_arg: Option<*mut RString>, lease: &Lease) {
+    if !propagating(ctx) {
+        return;
+    }
     // SAFETY: command arguments live until the command returns.
     match owner_arg.filter(|&o| unsafe { crate::ffi::bytes(o) } == &*lease.owner) {
         Some(owner) => {
@@ -79,6 +155,9 @@ pub fn emit_grant_aof(aof: *mut RedisModuleIO, key: *mut RString, lease: &Lease)
 
 /// Replicates the removal of a lock.
 pub fn delete(ctx: *mut Ctx, key: *mut RString) {
+    if !propagating(ctx) {
+        return;
+    }
     api!(
         RedisModule_Replicate,
         ctx,
@@ -90,6 +169,9 @@ pub fn delete(ctx: *mut Ctx, key: *mut RString) {
 
 /// Replicates the token clock's high-water mark.
 pub fn high_water(ctx: *mut Ctx, token: u64) {
+    if !propagating(ctx) {
+        return;
+    }
     api!(
         RedisModule_Replicate,
         ctx,

@@ -15,6 +15,13 @@ use lockwarden_tests::*;
 /// equal DEBUG DIGEST-VALUE and LOCK.INFO (owner, token, times,
 /// extensions, session; the remaining ttl within a second).
 #[track_caller]
+/// An integer field of `INFO section`.
+fn lw_info_int(s: &Server, section: &str, field: &str) -> i64 {
+    s.info_field(section, field)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| s.fail(&format!("INFO {section} has no integer {field}")))
+}
+
 fn assert_same(pair: &ReplicaPair, key: &str) -> LockInfo {
     let (p, r) = (&pair.primary, &pair.replica);
     assert_eq!(digest(p, key), digest(r, key), "DEBUG DIGEST-VALUE {key}");
@@ -340,6 +347,79 @@ for_each_flavor! {
         let t = acquire_ok(&r, "fs:gone", "carol", 1000);
         assert!(t > hw, "promoted replica issued {t} <= {hw}");
         assert_eq!(r.cmd(&["LOCK.RELEASE", "fs:held", "bob", "FENCE", &t_held.to_string()]), Value::Int(1));
+    }
+
+    /// A primary without AOF, replicas or backlog builds no replication
+    /// records (Redis would discard them); the first replica's full sync
+    /// (a fork) opens the stream: what was written before comes with the
+    /// snapshot, what comes after is replicated.
+    fn records_are_built_once_someone_reads_them(flavor: Flavor) {
+        let p = Server::start(flavor);
+        let propagation = |s: &Server| s.info_field("lockwarden", "lockwarden_propagation").unwrap_or_default();
+        assert_eq!(propagation(&p), "unknown", "not asked before the first record");
+        acquire_ok(&p, "st:before", "alice", 60_000);
+        assert_eq!(propagation(&p), "closed");
+        let r = Server::builder(flavor)
+            .raw_args(["--replicaof", "127.0.0.1", &p.port().to_string()])
+            .start();
+        wait_for_sync(&p, &r);
+        assert_eq!(propagation(&p), "open");
+        assert_eq!(held(&r, "st:before").lease_fields(), held(&p, "st:before").lease_fields());
+        acquire_ok(&p, "st:after", "bob", 60_000);
+        assert_eq!(p.cmd(&["LOCK.RELEASE", "st:before", "alice"]), Value::Int(1));
+        wait_for_offset(&p, &r);
+        assert_eq!(held(&r, "st:after").lease_fields(), held(&p, "st:after").lease_fields());
+        assert_eq!(r.cmd_text(&["LOCK.INFO", "st:before"]), "(nil)");
+        assert_eq!(r.cmd_text(&["DEBUG", "DIGEST"]), p.cmd_text(&["DEBUG", "DIGEST"]));
+    }
+
+    /// Writes while a diskless full sync waits for its fork
+    /// (`repl-diskless-sync-delay`) are in the snapshot; those after it are
+    /// replicated.
+    fn writes_during_a_delayed_full_sync_reach_the_replica(flavor: Flavor) {
+        let p = Server::builder(flavor)
+            .arg("repl-diskless-sync", "yes")
+            .arg("repl-diskless-sync-delay", "1")
+            .start();
+        acquire_ok(&p, "ds:0", "alice", 60_000);
+        let r = Server::builder(flavor)
+            .raw_args(["--replicaof", "127.0.0.1", &p.port().to_string()])
+            .start();
+        // The replica is waiting for the fork (a second's delay).
+        for i in 1..20 {
+            acquire_ok(&p, &format!("ds:{i}"), "bob", 60_000);
+            assert_eq!(p.cmd(&["LOCK.EXTEND", "ds:0", "alice", "50000"]), Value::Int(50_000));
+        }
+        assert_eq!(p.cmd(&["LOCK.RELEASE", "ds:1", "bob"]), Value::Int(1));
+        wait_for_sync(&p, &r);
+        acquire_ok(&p, "ds:last", "carol", 60_000);
+        wait_for_offset(&p, &r);
+        assert_eq!(r.cmd_text(&["DEBUG", "DIGEST"]), p.cmd_text(&["DEBUG", "DIGEST"]));
+        assert_eq!(lw_stat(&r, "locks_held"), 20);
+    }
+
+    /// A primary restarted from its RDB keeps a replication backlog without
+    /// any fork (so that its replicas continue partially): its grants are
+    /// replicated from the start, and a replica that resumes with a partial
+    /// sync gets them.
+    fn restarted_primary_replicates_to_a_resuming_replica(flavor: Flavor) {
+        let pair = ReplicaPair::start(flavor, |b| b);
+        let (p, r) = (&pair.primary, &pair.replica);
+        acquire_ok(p, "rs:old", "alice", 60_000);
+        pair.wait_for_offset();
+        r.shutdown(Shutdown::Save);
+        p.restart_clean(Shutdown::Save);
+        let backlog = p.info_field("replication", "repl_backlog_active");
+        assert_eq!(backlog.as_deref(), Some("1"), "a backlog from the RDB");
+        acquire_ok(p, "rs:new", "bob", 60_000);
+        assert_eq!(p.cmd(&["LOCK.RELEASE", "rs:old", "alice"]), Value::Int(1));
+        let partial = lw_info_int(p, "stats", "sync_partial_ok");
+        r.relaunch();
+        wait_for_sync(p, r);
+        assert_eq!(lw_info_int(p, "stats", "sync_partial_ok"), partial + 1, "a partial resync");
+        assert_eq!(held(r, "rs:new").lease_fields(), held(p, "rs:new").lease_fields());
+        assert_eq!(r.cmd_text(&["LOCK.INFO", "rs:old"]), "(nil)");
+        assert_eq!(r.cmd_text(&["DEBUG", "DIGEST"]), p.cmd_text(&["DEBUG", "DIGEST"]));
     }
 
     /// Lock commands inside MULTI/EXEC and Lua scripts replicate their
