@@ -158,6 +158,23 @@ unsafe extern "C" fn on_fork(
     })
 }
 
+/// A save in the main process (`SAVE`, a `FLUSHALL` or `SHUTDOWN` that
+/// saves, `DEBUG RELOAD`): the file carries the replication id of a backlog
+/// that may exist without any fork (a replica that left before its full sync
+/// forked), and a node started from it may continue from that backlog.
+unsafe extern "C" fn on_persistence(
+    _ctx: *mut Ctx,
+    _event: raw::RedisModuleEvent,
+    sub: u64,
+    _data: *mut c_void,
+) {
+    ffi::guard("persistence event", (), || {
+        if sub == raw::REDISMODULE_SUBEVENT_PERSISTENCE_SYNC_RDB_START {
+            replicate::stream_may_have_opened();
+        }
+    })
+}
+
 fn subscribe(ctx: *mut Ctx, id: u64, cb: raw::RedisModuleEventCallback) -> Result<(), String> {
     let event = raw::RedisModuleEvent { id, dataver: 1 };
     if api!(RedisModule_SubscribeToServerEvent, ctx, event, cb) == raw::REDISMODULE_OK as c_int {
@@ -183,6 +200,11 @@ pub fn register(ctx: *mut Ctx) -> Result<(), String> {
     subscribe(ctx, raw::REDISMODULE_EVENT_FLUSHDB, Some(on_keyspace_reset))?;
     subscribe(ctx, raw::REDISMODULE_EVENT_SWAPDB, Some(on_keyspace_reset))?;
     subscribe(ctx, raw::REDISMODULE_EVENT_FORK_CHILD, Some(on_fork))?;
+    subscribe(
+        ctx,
+        raw::REDISMODULE_EVENT_PERSISTENCE,
+        Some(on_persistence),
+    )?;
     if api!(
         RedisModule_SubscribeToKeyspaceEvents,
         ctx,

@@ -19,15 +19,18 @@ use std::cell::Cell;
 /// Redis discards propagated commands (its `shouldPropagate`), and building
 /// a record is a third of an acquire's cost (`RedisModule_Replicate` looks
 /// the command up by name and copies its arguments): the records are then
-/// not built. The module sees every way the stream opens:
+/// not built. Every way a reader can come is seen:
 /// - an AOF, a replica's full sync (and a `BGSAVE`) start with a fork
 ///   ([`stream_opened`]): what was written before is in the fork's
 ///   snapshot, what comes after is propagated;
-/// - a backlog can also appear without a fork when a primary restarts from
-///   an RDB (it keeps its replication id so that replicas continue
-///   partially) or a replica is promoted: after a load or a role change the
-///   state is unknown ([`stream_may_have_opened`]) and asked (`INFO`) before
-///   the next record.
+/// - a backlog can also exist without a fork: a primary restarted from an
+///   RDB keeps one so that its replicas continue partially, a promoted
+///   replica keeps its own, and a replica that leaves before its full sync
+///   forked leaves one behind, which only matters once a save in the main
+///   process writes its id into a file a node may start from. After a
+///   load, a role change or such a save the state is unknown
+///   ([`stream_may_have_opened`]) and asked (`INFO`) before the next
+///   record.
 ///
 /// Once open it stays open (a backlog outlives its replicas).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

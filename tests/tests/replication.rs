@@ -11,10 +11,6 @@ use core_support::*;
 use lockwarden_tests::redis::Value;
 use lockwarden_tests::*;
 
-/// Asserts that `key` is in the same state on the primary and the replica:
-/// equal DEBUG DIGEST-VALUE and LOCK.INFO (owner, token, times,
-/// extensions, session; the remaining ttl within a second).
-#[track_caller]
 /// An integer field of `INFO section`.
 fn lw_info_int(s: &Server, section: &str, field: &str) -> i64 {
     s.info_field(section, field)
@@ -22,6 +18,10 @@ fn lw_info_int(s: &Server, section: &str, field: &str) -> i64 {
         .unwrap_or_else(|| s.fail(&format!("INFO {section} has no integer {field}")))
 }
 
+/// Asserts that `key` is in the same state on the primary and the replica:
+/// equal DEBUG DIGEST-VALUE and LOCK.INFO (owner, token, times,
+/// extensions, session; the remaining ttl within a second).
+#[track_caller]
 fn assert_same(pair: &ReplicaPair, key: &str) -> LockInfo {
     let (p, r) = (&pair.primary, &pair.replica);
     assert_eq!(digest(p, key), digest(r, key), "DEBUG DIGEST-VALUE {key}");
@@ -419,6 +419,51 @@ for_each_flavor! {
         assert_eq!(lw_info_int(p, "stats", "sync_partial_ok"), partial + 1, "a partial resync");
         assert_eq!(held(r, "rs:new").lease_fields(), held(p, "rs:new").lease_fields());
         assert_eq!(r.cmd_text(&["LOCK.INFO", "rs:old"]), "(nil)");
+        assert_eq!(r.cmd_text(&["DEBUG", "DIGEST"]), p.cmd_text(&["DEBUG", "DIGEST"]));
+    }
+
+    /// A replica that leaves before its diskless full sync forks leaves a
+    /// backlog and no fork behind. A `SAVE` then writes the backlog's id into
+    /// the RDB, and a node started from that file continues partially from
+    /// the backlog: the grants after the save must be in it.
+    fn a_save_with_a_forkless_backlog_opens_the_stream(flavor: Flavor) {
+        use std::io::{Read, Write};
+        let p = Server::builder(flavor)
+            .arg("repl-diskless-sync", "yes")
+            .arg("repl-diskless-sync-delay", "30")
+            .start();
+        let propagation = |s: &Server| s.info_field("lockwarden", "lockwarden_propagation").unwrap_or_default();
+        acquire_ok(&p, "fb:a", "alice", 60_000);
+        assert_eq!(propagation(&p), "closed");
+        {
+            let mut s = std::net::TcpStream::connect(p.addr()).expect("connect");
+            s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+            s.write_all(b"REPLCONF capa eof\r\n").expect("write");
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).expect("+OK");
+            assert_eq!(&buf, b"+OK\r\n");
+            s.write_all(b"PSYNC ? -1\r\n").expect("write");
+            p.wait_for(TIMEOUT, |p| p.info_field("replication", "repl_backlog_active").as_deref() == Some("1"));
+        }
+        // Gone before the delayed fork: a backlog, no fork.
+        p.wait_for(TIMEOUT, |p| p.info_field("replication", "connected_slaves").as_deref() == Some("0"));
+        acquire_ok(&p, "fb:b", "bob", 60_000);
+        assert_eq!(p.cmd_text(&["SAVE"]), "OK");
+        acquire_ok(&p, "fb:c", "carol", 60_000);
+        assert_eq!(p.cmd(&["LOCK.RELEASE", "fb:a", "alice"]), Value::Int(1));
+        assert_eq!(propagation(&p), "open");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(p.dir().join("dump.rdb"), dir.path().join("dump.rdb")).expect("copy the RDB");
+        let partial = lw_info_int(&p, "stats", "sync_partial_ok");
+        let r = Server::builder(flavor)
+            .dir(dir.path())
+            .raw_args(["--replicaof", "127.0.0.1", &p.port().to_string()])
+            .start();
+        wait_for_sync(&p, &r);
+        assert_eq!(lw_info_int(&p, "stats", "sync_partial_ok"), partial + 1, "a partial resync from the file's offset");
+        assert_eq!(held(&r, "fb:c").lease_fields(), held(&p, "fb:c").lease_fields());
+        assert_eq!(r.cmd_text(&["LOCK.INFO", "fb:a"]), "(nil)");
         assert_eq!(r.cmd_text(&["DEBUG", "DIGEST"]), p.cmd_text(&["DEBUG", "DIGEST"]));
     }
 
