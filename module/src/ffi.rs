@@ -256,11 +256,31 @@ pub fn with_call_text<R>(
     result
 }
 
-/// The value of `name` in an `INFO` reply's text (`name:value` lines).
-pub fn info_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .map(str::trim)
+/// The text of an `INFO` section.
+pub struct Info(String);
+
+impl Info {
+    pub fn from_text(text: &[u8]) -> Self {
+        Info(String::from_utf8_lossy(text).into_owned())
+    }
+
+    /// The value of field `name` (`name:value` lines).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    }
+
+    /// Is field `name` `1`?
+    pub fn is_on(&self, name: &str) -> bool {
+        self.get(name) == Some("1")
+    }
+}
+
+/// `INFO section` from the server; `None` if the call failed.
+pub fn info(ctx: *mut Ctx, section: &CStr) -> Option<Info> {
+    with_call_text(ctx, c"INFO", section, Info::from_text)
 }
 
 /// Publishes a module keyspace event (`notify-keyspace-events` class `d`).

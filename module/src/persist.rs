@@ -134,8 +134,5 @@ unsafe extern "C" fn reemit_later(ctx: *mut ffi::Ctx, _data: *mut std::ffi::c_vo
 }
 
 fn aof_rewrite_in_progress(ctx: *mut ffi::Ctx) -> bool {
-    ffi::with_call_text(ctx, c"INFO", c"persistence", |text| {
-        text.windows(25).any(|w| w == b"aof_rewrite_in_progress:1")
-    })
-    .unwrap_or(false)
+    ffi::info(ctx, c"persistence").is_some_and(|info| info.is_on("aof_rewrite_in_progress"))
 }

@@ -180,15 +180,11 @@ impl PolicyLog {
 
 /// `maxmemory` (0: none) and `used_memory`, from `INFO memory`.
 fn memory(ctx: *mut Ctx) -> (u64, u64) {
-    ffi::with_call_text(ctx, c"INFO", c"memory", |text| {
-        let text = String::from_utf8_lossy(text);
-        let field = |name| ffi::info_field(&text, name).and_then(|v| v.parse().ok());
-        (
-            field("maxmemory").unwrap_or(0),
-            field("used_memory").unwrap_or(0),
-        )
-    })
-    .unwrap_or((0, 0))
+    let Some(info) = ffi::info(ctx, c"memory") else {
+        return (0, 0);
+    };
+    let bytes = |name| info.get(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+    (bytes("maxmemory"), bytes("used_memory"))
 }
 
 /// `LOCK.POLICY LOAD name [KEYS glob] [MODE enforce|audit] [CONFIG settings] [REPLACE] WASM bytes`

@@ -78,14 +78,10 @@ fn propagating(ctx: *mut Ctx) -> bool {
 /// Redis's own test: an AOF is on, or a backlog exists (replicas have one).
 /// Open if the server cannot be asked.
 fn stream_is_open(ctx: *mut Ctx) -> bool {
-    let field_is = |section: &std::ffi::CStr, name: &str, value: &str| {
-        ffi::with_call_text(ctx, c"INFO", section, |text| {
-            ffi::info_field(&String::from_utf8_lossy(text), name) == Some(value)
-        })
-        .unwrap_or(true)
+    let on = |section: &std::ffi::CStr, name: &str| {
+        ffi::info(ctx, section).is_none_or(|info| info.is_on(name))
     };
-    field_is(c"persistence", "aof_enabled", "1")
-        || field_is(c"replication", "repl_backlog_active", "1")
+    on(c"persistence", "aof_enabled") || on(c"replication", "repl_backlog_active")
 }
 
 pub const GRANT_CMD: &std::ffi::CStr = c"LOCK._GRANT";

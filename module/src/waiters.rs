@@ -157,7 +157,7 @@ pub fn block(
 /// for them; their `WAIT` timeout ends the wait.
 fn unblock_callback(ctx: *mut Ctx) -> raw::RedisModuleCmdFunc {
     let safe = UNBLOCK_SAFE.get().get().unwrap_or_else(|| {
-        let safe = ffi::with_call_text(ctx, c"INFO", c"server", unblock_is_safe).unwrap_or(false);
+        let safe = ffi::info(ctx, c"server").is_some_and(|info| unblock_is_safe(&info));
         UNBLOCK_SAFE.get().set(Some(safe));
         safe
     });
@@ -173,9 +173,8 @@ static UNBLOCK_SAFE: MainThread<Cell<Option<bool>>> = MainThread::new(Cell::new(
 /// the wait of a waiter whose grant is on its way without any reply, and
 /// the client waits forever. (Valkey reports `redis_version:7.2.4`; its own
 /// version is `valkey_version`.)
-fn unblock_is_safe(info: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(info);
-    let field = |name| ffi::info_field(&text, name);
+fn unblock_is_safe(info: &ffi::Info) -> bool {
+    let field = |name| info.get(name);
     let (version, first_safe) = match field("server_name") {
         Some("valkey") => (field("valkey_version"), (8, 0)),
         _ => (field("redis_version"), (7, 4)),
@@ -570,7 +569,11 @@ unsafe extern "C" fn on_revoke(ctx: *mut Ctx, data: *mut c_void) {
 
 #[cfg(test)]
 mod tests {
-    use super::unblock_is_safe as safe;
+    use crate::ffi::Info;
+
+    fn safe(text: &[u8]) -> bool {
+        super::unblock_is_safe(&Info::from_text(text))
+    }
 
     #[test]
     fn client_unblock_is_safe_from_valkey_8_and_redis_7_4() {

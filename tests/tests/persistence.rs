@@ -322,6 +322,50 @@ for_each_flavor! {
         aof_scenario(flavor, "no");
     }
 
+    /// An AOF lock record that cannot be restored is logged (the AOF loader
+    /// drops error replies), and a forged negative deadline, which Redis
+    /// refuses as a key's expiry (the key would never expire), is taken as
+    /// long past: that lock does not come back.
+    fn forged_aof_lock_records(flavor: Flavor) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let aof = dir.path().join("appendonlydir");
+        std::fs::create_dir(&aof).expect("appendonlydir");
+        let resp = |args: &[&str]| {
+            let mut out = format!("*{}\r\n", args.len());
+            for a in args {
+                out += &format!("${}\r\n{a}\r\n", a.len());
+            }
+            out
+        };
+        let now = now_ms();
+        let good = format!("7:{}:{now}:0:0", now + 600_000);
+        let base = [
+            resp(&["SELECT", "0"]),
+            resp(&["LOCK._GRANT", "ok:k", "alice", &good]),
+            resp(&["LOCK._GRANT", "neg:k", "mallory", "5:-5:1000:0:0"]),
+            resp(&["LOCK._GRANT", "bad:k", "mallory", "not-lease-fields"]),
+        ]
+        .concat();
+        std::fs::write(aof.join("appendonly.aof.1.base.aof"), base).expect("base");
+        std::fs::write(
+            aof.join("appendonly.aof.manifest"),
+            "file appendonly.aof.1.base.aof seq 1 type b\n",
+        )
+        .expect("manifest");
+        let s = Server::builder(flavor)
+            .dir(dir.path())
+            .arg("appendonly", "yes")
+            .start();
+        assert_eq!(held(&s, "ok:k").owner_str(), "alice");
+        assert_eq!(pttl(&s, "neg:k"), -2, "the forged lease is over, not a key without expiry");
+        assert!(!exists(&s, "bad:k"));
+        assert!(
+            s.log().contains("a lock in the AOF could not be restored: ERR invalid lease fields"),
+            "{}",
+            s.log_tail(10)
+        );
+    }
+
     /// A lock key's own expiry survives an AOF rewrite without preamble
     /// where it differs from the lease's deadline: removed by `PERSIST` (the
     /// rewrite gave the key the deadline back, so a reload changed the

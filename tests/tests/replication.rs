@@ -18,6 +18,12 @@ fn lw_info_int(s: &Server, section: &str, field: &str) -> i64 {
         .unwrap_or_else(|| s.fail(&format!("INFO {section} has no integer {field}")))
 }
 
+/// `INFO lockwarden` `propagation`: `open`, `closed` or `unknown`.
+fn propagation(s: &Server) -> String {
+    s.info_field("lockwarden", "lockwarden_propagation")
+        .unwrap_or_else(|| s.fail("INFO lockwarden has no propagation"))
+}
+
 /// Asserts that `key` is in the same state on the primary and the replica:
 /// equal DEBUG DIGEST-VALUE and LOCK.INFO (owner, token, times,
 /// extensions, session; the remaining ttl within a second).
@@ -355,7 +361,6 @@ for_each_flavor! {
     /// snapshot, what comes after is replicated.
     fn records_are_built_once_someone_reads_them(flavor: Flavor) {
         let p = Server::start(flavor);
-        let propagation = |s: &Server| s.info_field("lockwarden", "lockwarden_propagation").unwrap_or_default();
         assert_eq!(propagation(&p), "unknown", "not asked before the first record");
         acquire_ok(&p, "st:before", "alice", 60_000);
         assert_eq!(propagation(&p), "closed");
@@ -432,7 +437,6 @@ for_each_flavor! {
             .arg("repl-diskless-sync", "yes")
             .arg("repl-diskless-sync-delay", "30")
             .start();
-        let propagation = |s: &Server| s.info_field("lockwarden", "lockwarden_propagation").unwrap_or_default();
         acquire_ok(&p, "fb:a", "alice", 60_000);
         assert_eq!(propagation(&p), "closed");
         {
