@@ -113,7 +113,20 @@ pub unsafe extern "C" fn aux_load(
 /// would propagate the command itself to the replicas and the AOF too.
 pub fn fork_started(ctx: *mut ffi::Ctx) {
     if aof_rewrite_in_progress(ctx) {
+        REEMIT_PENDING.get().set(true);
         ffi::start_timer(0, reemit_later, std::ptr::null_mut());
+    }
+}
+
+/// An AOF rewrite forked and the node-wide state is not re-emitted yet.
+static REEMIT_PENDING: MainThread<Cell<bool>> = MainThread::new(Cell::new(false));
+
+/// A policy is about to be loaded and propagated: a pending re-emission goes
+/// first, or the new AOF would list that policy before the ones loaded
+/// earlier (its `LOAD` would come first, the earlier ones' after it).
+pub fn reemit_pending(ctx: *mut ffi::Ctx) {
+    if REEMIT_PENDING.get().get() {
+        reemit(ctx);
     }
 }
 
@@ -125,12 +138,13 @@ fn reemit(ctx: *mut ffi::Ctx) {
         ffi::start_timer(ffi::PAUSED_RETRY_MS, reemit_later, std::ptr::null_mut());
         return;
     }
+    REEMIT_PENDING.get().set(false);
     replicate::high_water(ctx, state::high_water());
     policies::replicate_all(ctx);
 }
 
 unsafe extern "C" fn reemit_later(ctx: *mut ffi::Ctx, _data: *mut std::ffi::c_void) {
-    ffi::guard("AOF re-emission", (), || reemit(ctx));
+    ffi::guard("AOF re-emission", (), || reemit_pending(ctx));
 }
 
 fn aof_rewrite_in_progress(ctx: *mut ffi::Ctx) -> bool {

@@ -15,7 +15,7 @@ use crate::ffi::{self, Call, Ctx, Key, OwnedString, RString, Slot, api, reply};
 use crate::lease_type::ty;
 use crate::state::MainThread;
 use crate::waiters::{self, LockKey};
-use crate::{commands, stats};
+use crate::{commands, persist, stats};
 use lockwarden_core::policy::{
     CompiledPolicy, EvalLimits, FailureMode, LoadError, Note, PolicyEngine, PolicySpec, Registry,
     check_compile_headroom, check_module_size, decode_specs, encode_specs,
@@ -344,6 +344,7 @@ fn finish_load(
 ) -> Result<(), LockError> {
     let policy = compiled?;
     let spec = policy.spec().clone();
+    persist::reemit_pending(ctx);
     with(|r| r.install(policy, replace)).map_err(load_error)?;
     replicate_spec(ctx, &spec);
     tracing::info!(
