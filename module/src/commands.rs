@@ -28,7 +28,7 @@ pub fn run(
     let completed = ffi::guard("command", false, || {
         // SAFETY: the pointers come straight from Redis's command callback.
         let call = unsafe { Call::new(ctx, argv, argc) };
-        if let Err(e) = handler(&call) {
+        if let Err(e) = replicate::command(ctx, || handler(&call)) {
             stats::error(&e);
             if matches!(e, LockError::Denied { .. }) && call.argv.len() > 1 {
                 ffi::notify(ctx, c"lock.denied", call.key());

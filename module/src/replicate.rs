@@ -59,8 +59,50 @@ pub fn stream() -> Stream {
     STREAM.get().get()
 }
 
-/// Is a record worth building? Asks the server once after a load or a role
-/// change.
+/// Inside a lock command: `Some(true)` once one of its records was skipped.
+static COMMAND: MainThread<Cell<Option<bool>>> = MainThread::new(Cell::new(None));
+
+/// Restores the enclosing command's state, also when a handler panics.
+struct CommandScope(Option<bool>);
+
+impl Drop for CommandScope {
+    fn drop(&mut self) {
+        COMMAND.get().set(self.0);
+    }
+}
+
+/// Runs the command whose context is `ctx`. Redis counts a change for its
+/// save points (`save`, `rdb_changes_since_last_save`) in
+/// `RedisModule_Replicate`, so a skipped record would leave a node that
+/// only serves locks without automatic snapshots: a command that skipped
+/// records counts its change with one `RedisModule_ReplicateVerbatim`
+/// instead, which looks nothing up and, while the stream is closed (the
+/// server's own test, the one [`stream_is_open`] asks), propagates nothing.
+pub fn command<R>(ctx: *mut Ctx, f: impl FnOnce() -> R) -> R {
+    let _scope = CommandScope(COMMAND.get().replace(Some(false)));
+    let r = f();
+    if COMMAND.get().get() == Some(true) {
+        api!(RedisModule_ReplicateVerbatim, ctx);
+    }
+    r
+}
+
+/// Is a record to be built? Always outside a command (timers, events: rare,
+/// and `RedisModule_Replicate` counts the change); inside one only while
+/// the stream is open, else the command counts its change ([`command`]).
+fn build(ctx: *mut Ctx) -> bool {
+    if propagating(ctx) {
+        return true;
+    }
+    let running = COMMAND.get();
+    if running.get().is_none() {
+        return true;
+    }
+    running.set(Some(true));
+    false
+}
+
+/// Is the stream open? Asks the server once after a load or a role change.
 fn propagating(ctx: *mut Ctx) -> bool {
     match STREAM.get().get() {
         Stream::Open => true,
@@ -112,7 +154,7 @@ macro_rules! emit_grant {
 /// command's own owner argument, if it has one: Redis then shares that string
 /// instead of copying the owner (checked to hold the lease's owner).
 pub fn grant(ctx: *mut Ctx, key: *mut RString, owner_arg: Option<*mut RString>, lease: &Lease) {
-    if !propagating(ctx) {
+    if !build(ctx) {
         return;
     }
     // SAFETY: command arguments live until the command returns.
@@ -154,7 +196,7 @@ pub fn emit_grant_aof(aof: *mut RedisModuleIO, key: *mut RString, lease: &Lease)
 
 /// Replicates the removal of a lock.
 pub fn delete(ctx: *mut Ctx, key: *mut RString) {
-    if !propagating(ctx) {
+    if !build(ctx) {
         return;
     }
     api!(
@@ -168,7 +210,7 @@ pub fn delete(ctx: *mut Ctx, key: *mut RString) {
 
 /// Replicates the token clock's high-water mark.
 pub fn high_water(ctx: *mut Ctx, token: u64) {
-    if !propagating(ctx) {
+    if !build(ctx) {
         return;
     }
     api!(

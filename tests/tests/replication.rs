@@ -355,6 +355,60 @@ for_each_flavor! {
         assert_eq!(r.cmd(&["LOCK.RELEASE", "fs:held", "bob", "FENCE", &t_held.to_string()]), Value::Int(1));
     }
 
+    /// Where no records are built, every lock write still counts as a
+    /// change for the RDB save points (`RedisModule_Replicate` counted them):
+    /// one per granting, extending or releasing command, also with a handoff
+    /// or an expired lease in it; a refusal counts none; a session lock
+    /// released by its closed connection counts one. A `save 1 1` point then
+    /// snapshots a node that only serves locks, and a `kill -9` loses nothing.
+    fn lock_writes_count_for_save_points_without_records(flavor: Flavor) {
+        let s = Server::start(flavor);
+        let changes = || lw_info_int(&s, "persistence", "rdb_changes_since_last_save");
+        let mut c = s.client();
+        let step = |c: &mut redis::Connection, args: &[&str], counted: i64| {
+            let before = changes();
+            let reply = req(c, args);
+            assert_eq!(changes() - before, counted, "{args:?} -> {reply:?}");
+            reply
+        };
+        let (t, _) = parse_grant(&step(&mut c, &["LOCK.ACQUIRE", "sv:a", "alice", "60000"], 1)).unwrap();
+        assert_eq!(propagation(&s), "closed");
+        step(&mut c, &["LOCK.ACQUIRE", "sv:a", "alice", "60000"], 1);
+        step(&mut c, &["LOCK.EXTEND", "sv:a", "alice", "60000"], 1);
+        assert_eq!(step(&mut c, &["LOCK.ACQUIRE", "sv:a", "bob", "60000"], 0), Value::Nil);
+        assert_err(&step(&mut c, &["LOCK.RELEASE", "sv:a", "bob"], 0), "NOTOWNER", "bob");
+        assert_err(&step(&mut c, &["LOCK.EXTEND", "sv:none", "bob", "100"], 0), "NOTHELD", "free");
+        step(&mut c, &["LOCK.RELEASE", "sv:a", "alice"], 1);
+        // A release that hands the lock to a waiter: one command, one change.
+        acquire_ok(&s, "sv:q", "alice", 60000);
+        let mut waiter = spawn_client(s.port(), &["LOCK.ACQUIRE sv:q bob 60000 WAIT 10000"], true);
+        wait_until("the waiter queues", TIMEOUT, || lw_stat(&s, "waiters") == 1);
+        step(&mut c, &["LOCK.RELEASE", "sv:q", "alice"], 1);
+        assert_eq!(held(&s, "sv:q").owner_str(), "bob");
+        waiter.expect_line();
+        drop(waiter);
+        // A grant over an expired lease Redis has not reclaimed yet.
+        acquire_ok(&s, "sv:short", "alice", 50);
+        std::thread::sleep(Duration::from_millis(100));
+        step(&mut c, &["LOCK.ACQUIRE", "sv:short", "bob", "60000"], 1);
+        // Outside a command: a session lock released by its closing connection.
+        let mut sc = s.client();
+        step(&mut sc, &["LOCK.ACQUIRE", "sv:session", "carol", "60000", "SESSION"], 1);
+        let before = changes();
+        drop(sc);
+        wait_until("the session lock is released", TIMEOUT, || lock_info(&s, "sv:session").is_none());
+        assert_eq!(changes() - before, 1, "the session release");
+
+        // A save point sees them: the snapshot holds the lock, kill -9 keeps it.
+        let before = held(&s, "sv:short");
+        assert_eq!(s.cmd_text(&["CONFIG", "SET", "save", "1 1"]), "OK");
+        wait_until("a save point snapshots the locks", Duration::from_secs(10), || changes() == 0);
+        s.restart_after_kill();
+        assert_eq!(held(&s, "sv:short").lease_fields(), before.lease_fields());
+        assert_eq!(held(&s, "sv:q").owner_str(), "bob");
+        assert!(acquire_ok(&s, "sv:a", "dave", 1000) > t);
+    }
+
     /// A primary without AOF, replicas or backlog builds no replication
     /// records (Redis would discard them); the first replica's full sync
     /// (a fork) opens the stream: what was written before comes with the
