@@ -101,6 +101,18 @@ for_each_flavor! {
         assert_eq!(st["acquires_contended"], 1);
         assert_eq!(st["locks_held"], 1);
         assert_eq!(st["token_high_water"], token);
+
+        // Owners up to 38 bytes live inside the lease; longer ones count apart.
+        let usage = |owner: &str| {
+            acquire_ok(&s, "m", owner, 5000);
+            let bytes = int(&s.cmd(&["MEMORY", "USAGE", "m"]));
+            release_ok(&s, "m", owner);
+            bytes
+        };
+        let short = usage("a");
+        assert_eq!(usage(&"b".repeat(38)), short);
+        assert_eq!(usage(&"c".repeat(39)), short + 39);
+        assert_eq!(usage(&"d".repeat(256)), short + 256);
     }
 
     /// RELEASE: 1 and the key is gone; NOTHELD when nothing holds it (never

@@ -7,11 +7,74 @@ use crate::clock::MAX_TOKEN;
 /// shorter; the cap keeps a lock's memory bounded.
 pub const MAX_OWNER_LEN: usize = 256;
 
+/// Owners up to this many bytes (a UUID, `host:pid:counter`) are stored
+/// inside the lease, which is then a single allocation.
+pub const INLINE_OWNER_LEN: usize = 38;
+
+/// An owner's bytes: inline up to [`INLINE_OWNER_LEN`], else on the heap.
+#[derive(Clone)]
+pub enum Owner {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_OWNER_LEN],
+    },
+    Heap(Box<[u8]>),
+}
+
+impl Owner {
+    /// Bytes allocated apart from the lease.
+    pub fn heap_len(&self) -> usize {
+        match self {
+            Owner::Inline { .. } => 0,
+            Owner::Heap(b) => b.len(),
+        }
+    }
+}
+
+impl From<&[u8]> for Owner {
+    fn from(owner: &[u8]) -> Owner {
+        if owner.len() <= INLINE_OWNER_LEN {
+            let mut bytes = [0; INLINE_OWNER_LEN];
+            bytes[..owner.len()].copy_from_slice(owner);
+            Owner::Inline {
+                len: owner.len() as u8,
+                bytes,
+            }
+        } else {
+            Owner::Heap(owner.into())
+        }
+    }
+}
+
+impl std::ops::Deref for Owner {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Owner::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Owner::Heap(b) => b,
+        }
+    }
+}
+
+impl PartialEq for Owner {
+    fn eq(&self, other: &Owner) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Owner {}
+
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
 /// A held lock.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     /// Who holds it (binary-safe, 1..=[`MAX_OWNER_LEN`] bytes).
-    pub owner: Box<[u8]>,
+    pub owner: Owner,
     /// The fencing token of this grant.
     pub token: u64,
     /// Absolute expiry, unix ms. The lock is held while `now <= deadline_ms`,
@@ -47,7 +110,7 @@ impl Lease {
 
     /// Bytes of memory owned by this lease (for `MEMORY USAGE`).
     pub fn mem_usage(&self) -> usize {
-        std::mem::size_of::<Self>() + self.owner.len()
+        std::mem::size_of::<Self>() + self.owner.heap_len()
     }
 }
 
@@ -283,6 +346,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn owners_up_to_the_inline_length_live_in_the_lease() {
+        let bytes: Vec<u8> = (0..=MAX_OWNER_LEN).map(|i| i as u8).collect();
+        for len in 0..=MAX_OWNER_LEN {
+            let owner = Owner::from(&bytes[..len]);
+            assert_eq!(&*owner, &bytes[..len]);
+            assert_eq!(owner, Owner::Heap(bytes[..len].into()), "equal by bytes");
+            let heap = if len <= INLINE_OWNER_LEN { 0 } else { len };
+            assert_eq!(owner.heap_len(), heap, "{len}");
+            let l = Lease {
+                owner,
+                ..lease("x", 1, 0, 1)
+            };
+            assert_eq!(l.mem_usage(), std::mem::size_of::<Lease>() + heap);
+        }
+        // One 80-byte allocation (a jemalloc size class) for a 38-byte owner.
+        assert!(std::mem::size_of::<Lease>() <= 80);
+    }
+
+    #[test]
     fn liveness_matches_redis_expiry() {
         let l = lease("a", 1, 1000, 500);
         assert!(l.is_live(1500));
@@ -422,7 +504,7 @@ pub(crate) mod tests {
             client_id in any::<u64>(),
         ) {
             let l = Lease {
-                owner: owner.into(),
+                owner: owner[..].into(),
                 token,
                 deadline_ms: acquired.saturating_add(ttl).max(0),
                 acquired_at_ms: acquired,
