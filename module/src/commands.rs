@@ -186,7 +186,7 @@ fn ask(
 
 /// `LOCK.ACQUIRE key owner ttl-ms [WAIT timeout-ms] [SESSION]`
 pub fn acquire(call: &Call) -> Outcome {
-    primary_only(call)?;
+    decided_here(call)?;
     let args = call.args();
     let req = parse::acquire(&args)?;
     if req.session && call.flags() & ffi::CTX_SCRIPT != 0 {
@@ -265,7 +265,7 @@ pub fn acquire(call: &Call) -> Outcome {
 
 /// `LOCK.RELEASE key owner [FENCE token]`
 pub fn release(call: &Call) -> Outcome {
-    primary_only(call)?;
+    decided_here(call)?;
     let args = call.args();
     let req = parse::release(&args)?;
     let now = ffi::command_now_ms();
@@ -288,7 +288,7 @@ pub fn release(call: &Call) -> Outcome {
 
 /// `LOCK.EXTEND key owner ttl-ms [FENCE token]`
 pub fn extend(call: &Call) -> Outcome {
-    primary_only(call)?;
+    decided_here(call)?;
     let args = call.args();
     let req = parse::extend(&args)?;
     let now = ffi::command_now_ms();
@@ -379,6 +379,28 @@ pub fn primary_only(call: &Call) -> Result<(), LockError> {
         return Err(LockError::ReadOnly);
     }
     Ok(())
+}
+
+/// Lock commands decide with this node's clock, token clock and policies: a
+/// client's command on a primary. The replication stream and the AOF carry
+/// their effects (`LOCK._GRANT`, `DEL`), never the commands; one found there
+/// anyway (only a propagation the module did not make could put it there)
+/// is refused and logged rather than decided a second time, differently.
+fn decided_here(call: &Call) -> Result<(), LockError> {
+    if state::is_primary() && !state::is_loading() {
+        return Ok(());
+    }
+    if call.flags() & (ffi::CTX_REPLICATED | ffi::CTX_LOADING) != 0 {
+        // SAFETY: argv[0] lives for the whole command.
+        let name = String::from_utf8_lossy(unsafe { ffi::bytes(call.argv[0]) }).to_uppercase();
+        tracing::warn!(
+            "{name} from the replication stream or the AOF was not applied: they carry lock effects, not lock commands"
+        );
+        return Err(LockError::syntax(format!(
+            "{name} is not applied from the replication stream or the AOF: the primary sends its effects"
+        )));
+    }
+    primary_only(call)
 }
 
 /// Internal commands are accepted only from the replication link and while

@@ -11,8 +11,10 @@ use crate::ffi::{self, Ctx, RString, api};
 use crate::state::MainThread;
 use lockwarden_core::Lease;
 use lockwarden_core::lease::GrantFields;
-use redis_module::raw::RedisModuleIO;
+use lockwarden_core::throttle::Throttle;
+use redis_module::raw::{self, RedisModuleIO};
 use std::cell::Cell;
+use std::ffi::c_int;
 
 /// Does anything read what this node propagates: an AOF, replicas, or a
 /// replication backlog (kept for a replica's partial resync)? Without one,
@@ -62,12 +64,18 @@ pub fn stream() -> Stream {
 /// Inside a lock command: `Some(true)` once one of its records was skipped.
 static COMMAND: MainThread<Cell<Option<bool>>> = MainThread::new(Cell::new(None));
 
-/// Restores the enclosing command's state, also when a handler panics.
-struct CommandScope(Option<bool>);
+/// Counts a command's change if it skipped records, and restores the
+/// enclosing command's state, also when a handler panics.
+struct CommandScope {
+    ctx: *mut Ctx,
+    outer: Option<bool>,
+}
 
 impl Drop for CommandScope {
     fn drop(&mut self) {
-        COMMAND.get().set(self.0);
+        if COMMAND.get().replace(self.outer) == Some(true) {
+            api!(RedisModule_ReplicateVerbatim, self.ctx);
+        }
     }
 }
 
@@ -78,13 +86,15 @@ impl Drop for CommandScope {
 /// records counts its change with one `RedisModule_ReplicateVerbatim`
 /// instead, which looks nothing up and, while the stream is closed (the
 /// server's own test, the one [`stream_is_open`] asks), propagates nothing.
+/// Where the server saw a reader before the module did (a backlog created
+/// for a full sync that has not forked yet), the command itself can reach
+/// the backlog; replicas refuse lock commands from the stream.
 pub fn command<R>(ctx: *mut Ctx, f: impl FnOnce() -> R) -> R {
-    let _scope = CommandScope(COMMAND.get().replace(Some(false)));
-    let r = f();
-    if COMMAND.get().get() == Some(true) {
-        api!(RedisModule_ReplicateVerbatim, ctx);
-    }
-    r
+    let _scope = CommandScope {
+        ctx,
+        outer: COMMAND.get().replace(Some(false)),
+    };
+    f()
 }
 
 /// Is a record to be built? Always outside a command (timers, events: rare,
@@ -194,18 +204,29 @@ pub fn emit_grant_aof(aof: *mut RedisModuleIO, key: *mut RString, lease: &Lease)
     );
 }
 
-/// Replicates the removal of a lock.
+/// Lines about releases that could not be replicated.
+static UNREPLICATED_LOG: Throttle = Throttle::new(1, 10_000);
+
+/// Replicates the removal of a lock: `DEL`, or `UNLINK` where
+/// `rename-command` took `DEL` away (`RedisModule_Replicate` finds commands
+/// by their configured names). With both gone the release stays on this
+/// node only (a restart from the AOF, or a replica, has the lock until its
+/// deadline), and the log says so.
 pub fn delete(ctx: *mut Ctx, key: *mut RString) {
     if !build(ctx) {
         return;
     }
-    api!(
-        RedisModule_Replicate,
-        ctx,
-        c"DEL".as_ptr(),
-        c"s".as_ptr(),
-        key
-    );
+    for cmd in [c"DEL", c"UNLINK"] {
+        let done = api!(RedisModule_Replicate, ctx, cmd.as_ptr(), c"s".as_ptr(), key);
+        if done == raw::REDISMODULE_OK as c_int {
+            return;
+        }
+    }
+    if let Some(more) = UNREPLICATED_LOG.admit(ffi::wall_now_ms()) {
+        tracing::error!(
+            "a lock release was not replicated: DEL and UNLINK are both renamed (rename-command), so replicas and the AOF keep the lock until its deadline ({more} more since the last line)"
+        );
+    }
 }
 
 /// Replicates the token clock's high-water mark.

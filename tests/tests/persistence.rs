@@ -344,6 +344,7 @@ for_each_flavor! {
             resp(&["LOCK._GRANT", "ok:k", "alice", &good]),
             resp(&["LOCK._GRANT", "neg:k", "mallory", "5:-5:1000:0:0"]),
             resp(&["LOCK._GRANT", "bad:k", "mallory", "not-lease-fields"]),
+            resp(&["LOCK.ACQUIRE", "cmd:k", "mallory", "60000"]),
         ]
         .concat();
         std::fs::write(aof.join("appendonly.aof.1.base.aof"), base).expect("base");
@@ -364,6 +365,40 @@ for_each_flavor! {
             "{}",
             s.log_tail(10)
         );
+        // The AOF holds effects: a lock command in it is not decided again.
+        assert!(!exists(&s, "cmd:k"));
+        assert!(
+            s.log().contains("LOCK.ACQUIRE from the replication stream or the AOF was not applied"),
+            "{}",
+            s.log_tail(10)
+        );
+    }
+
+    /// `rename-command` may take `DEL` away (a common hardening): a release
+    /// then reaches the AOF as `UNLINK`, and with both renamed the log says
+    /// that the AOF keeps the lock.
+    fn releases_reach_the_aof_with_del_renamed(flavor: Flavor) {
+        let start = |renamed: &[&str]| {
+            let mut args = Vec::new();
+            for cmd in renamed {
+                args.extend(["--rename-command", cmd, ""]);
+            }
+            Server::builder(flavor)
+                .arg("appendonly", "yes")
+                .arg("appendfsync", "always")
+                .raw_args(args)
+                .start()
+        };
+        let s = start(&["DEL"]);
+        acquire_ok(&s, "rn:k", "alice", 60000);
+        release_ok(&s, "rn:k", "alice");
+        s.restart_after_kill();
+        assert_eq!(lock_info(&s, "rn:k"), None, "the release is in the AOF");
+
+        let s = start(&["DEL", "UNLINK"]);
+        acquire_ok(&s, "rn:k", "alice", 60000);
+        release_ok(&s, "rn:k", "alice");
+        assert!(s.log().contains("a lock release was not replicated"), "{}", s.log_tail(10));
     }
 
     /// A lock key's own expiry survives an AOF rewrite without preamble

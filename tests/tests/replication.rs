@@ -525,6 +525,62 @@ for_each_flavor! {
         assert_eq!(r.cmd_text(&["DEBUG", "DIGEST"]), p.cmd_text(&["DEBUG", "DIGEST"]));
     }
 
+    /// A backlog created for a full sync that never forked is a reader the
+    /// module cannot see, so a command's change count
+    /// (`RedisModule_ReplicateVerbatim`) can put the client's `LOCK.ACQUIRE`
+    /// itself into it. A save later in the same transaction (`DEBUG RELOAD`)
+    /// writes an offset before it into the RDB, and a node started from that
+    /// file continues from there: it must refuse the command (the RDB
+    /// already has its effect), not decide it again with its own clock.
+    fn replicas_refuse_lock_commands_from_the_stream(flavor: Flavor) {
+        use std::io::{Read, Write};
+        let p = Server::builder(flavor)
+            .arg("repl-diskless-sync", "yes")
+            .arg("repl-diskless-sync-delay", "30")
+            .start();
+        acquire_ok(&p, "vb:a", "alice", 60_000);
+        assert_eq!(propagation(&p), "closed");
+        {
+            let mut s = std::net::TcpStream::connect(p.addr()).expect("connect");
+            s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+            s.write_all(b"REPLCONF capa eof\r\n").expect("write");
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).expect("+OK");
+            assert_eq!(&buf, b"+OK\r\n");
+            s.write_all(b"PSYNC ? -1\r\n").expect("write");
+            p.wait_for(TIMEOUT, |p| p.info_field("replication", "repl_backlog_active").as_deref() == Some("1"));
+        }
+        p.wait_for(TIMEOUT, |p| p.info_field("replication", "connected_slaves").as_deref() == Some("0"));
+        let mut c = p.client();
+        assert_eq!(req(&mut c, &["MULTI"]), Value::Okay);
+        req(&mut c, &["LOCK.ACQUIRE", "vb:c", "carol", "60000"]);
+        req(&mut c, &["DEBUG", "RELOAD"]);
+        let exec = req(&mut c, &["EXEC"]);
+        let Value::Array(items) = &exec else { panic!("EXEC: {}", render(&exec)) };
+        assert!(parse_grant(&items[0]).is_some(), "{}", render(&exec));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(p.dir().join("dump.rdb"), dir.path().join("dump.rdb")).expect("copy the RDB");
+        let partial = lw_info_int(&p, "stats", "sync_partial_ok");
+        // Later than the primary's grant: a second decision would differ.
+        std::thread::sleep(Duration::from_millis(1100));
+        let r = Server::builder(flavor)
+            .dir(dir.path())
+            .raw_args(["--replicaof", "127.0.0.1", &p.port().to_string()])
+            .start();
+        wait_for_sync(&p, &r);
+        wait_for_offset(&p, &r);
+        assert_eq!(lw_info_int(&p, "stats", "sync_partial_ok"), partial + 1, "a partial resync from the file's offset");
+        assert_eq!(held(&r, "vb:c").lease_fields(), held(&p, "vb:c").lease_fields());
+        assert_eq!(digest(&r, "vb:c"), digest(&p, "vb:c"));
+        assert_eq!(lw_stat(&r, "acquires_granted"), 0, "the replica decided nothing");
+        assert!(
+            r.log().contains("LOCK.ACQUIRE from the replication stream or the AOF was not applied"),
+            "{}",
+            r.log_tail(10)
+        );
+    }
+
     /// Lock commands inside MULTI/EXEC and Lua scripts replicate their
     /// effects; WAIT does not block there.
     fn transactions_and_scripts_replicate(flavor: Flavor) {
