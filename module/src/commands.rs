@@ -97,8 +97,7 @@ pub fn install(
 ) {
     let name = target.name;
     replicate::grant(ctx, name, target.owner_arg, &lease);
-    // SAFETY: the key name lives for the whole call.
-    sessions::track(&lease, target.db, unsafe { ffi::bytes(name) });
+    sessions::track(&lease, target.db, name);
     put(key, lease, now_ms);
     ffi::notify(
         ctx,
@@ -155,33 +154,29 @@ fn waiting(queue: &Option<LockKey>) -> usize {
     queue.as_ref().map_or(0, waiters::len)
 }
 
-/// Asks the policies about `op` by `owner` (for `ttl_ms`) on the command's
-/// key, as it is now: `Ok(ceiling)` or `DENIED` / `POLICY`.
-fn ask(
-    call: &Call,
+/// The question for the policies ([`policies::check`]: `Ok(ceiling)` or
+/// `DENIED` / `POLICY`): `op` by `owner` (for `ttl_ms`) on `key`, as it is
+/// now.
+fn asking<'a>(
     op: Operation,
-    owner: &[u8],
+    key: &'a [u8],
+    owner: &'a [u8],
     ttl_ms: u64,
-    held: Option<&Lease>,
+    held: Option<&'a Lease>,
     queue: &Option<LockKey>,
     now: i64,
-) -> Result<Option<u64>, LockError> {
-    policies::check(
-        call,
-        &Ask {
-            op,
-            // SAFETY: argv[1] lives for the whole command.
-            key: unsafe { ffi::bytes(call.key()) },
-            owner,
-            ttl_ms,
-            // A lease past its deadline (kept by `PERSIST` or `RESTORE`, or
-            // seen from a script) holds nothing, for the policies as for the
-            // rules.
-            holder: held.filter(|l| l.is_live(now)),
-            waiters: waiting(queue),
-            now_ms: now,
-        },
-    )
+) -> Ask<'a> {
+    Ask {
+        op,
+        key,
+        owner,
+        ttl_ms,
+        // A lease past its deadline (kept by `PERSIST` or `RESTORE`, or seen
+        // from a script) holds nothing, for the policies as for the rules.
+        holder: held.filter(|l| l.is_live(now)),
+        waiters: waiting(queue),
+        now_ms: now,
+    }
 }
 
 /// `LOCK.ACQUIRE key owner ttl-ms [WAIT timeout-ms] [SESSION]`
@@ -208,14 +203,17 @@ pub fn acquire(call: &Call) -> Outcome {
     };
     let held = current(&mut key)?;
     let holder_deadline = held.map(|l| l.deadline_ms);
-    let cap = ask(
+    let cap = policies::check(
         call,
-        Operation::Acquire,
-        req.owner,
-        req.ttl_ms,
-        held,
-        &queue,
-        now,
+        &asking(
+            Operation::Acquire,
+            req.key,
+            req.owner,
+            req.ttl_ms,
+            held,
+            &queue,
+            now,
+        ),
     )?;
     let outcome =
         state::with_clock(|clock| rules::acquire(held, &req, caller, cap, &limits, clock, now))?;
@@ -272,7 +270,10 @@ pub fn release(call: &Call) -> Outcome {
     let mut key = Key::write(call.ctx, call.key());
     let queue = queue_of(call);
     let held = current(&mut key)?;
-    ask(call, Operation::Release, req.owner, 0, held, &queue, now)?;
+    policies::check(
+        call,
+        &asking(Operation::Release, req.key, req.owner, 0, held, &queue, now),
+    )?;
     rules::release(held, &req, now)?;
     state::own_write(|| key.delete());
     drop(key);
@@ -296,14 +297,17 @@ pub fn extend(call: &Call) -> Outcome {
     let limits = config::ttl_limits();
     let queue = queue_of(call);
     let held = current(&mut key)?;
-    let cap = ask(
+    let cap = policies::check(
         call,
-        Operation::Extend,
-        req.owner,
-        req.ttl_ms,
-        held,
-        &queue,
-        now,
+        &asking(
+            Operation::Extend,
+            req.key,
+            req.owner,
+            req.ttl_ms,
+            held,
+            &queue,
+            now,
+        ),
     )?;
     let (lease, ttl_ms) = rules::extend(held, &req, cap, &limits, now)?;
     if let Some(lk) = &queue {

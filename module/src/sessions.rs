@@ -10,7 +10,7 @@
 //! failover or restart, session locks are bounded by their TTL only.
 
 use crate::commands;
-use crate::ffi::{self, Ctx, Key, OwnedString, Slot};
+use crate::ffi::{self, Ctx, Key, OwnedString, RString, Slot};
 use crate::lease_type::ty;
 use crate::state::MainThread;
 use crate::waiters::{self, LockKey};
@@ -28,12 +28,14 @@ fn with<R>(f: impl FnOnce(&mut Index) -> R) -> R {
     f(INDEX.get().borrow_mut().get_or_insert_with(HashMap::new))
 }
 
-/// Records a session lease granted on this node.
-pub fn track(lease: &Lease, db: i32, name: &[u8]) {
+/// Records a session lease granted on this node, on the key `name` (alive
+/// for the call).
+pub fn track(lease: &Lease, db: i32, name: *mut RString) {
     if lease.session && lease.client_id != 0 {
         let lk = LockKey {
             db,
-            name: name.into(),
+            // SAFETY: the caller's key name is alive.
+            name: unsafe { ffi::bytes(name) }.into(),
         };
         with(|ix| {
             ix.entry(lease.client_id)
