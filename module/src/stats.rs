@@ -1,15 +1,17 @@
-//! Counters and distributions for `INFO lockwarden`. Counters are atomics,
-//! because the `free` callback may run on Redis's lazy-free thread (relaxed
-//! ordering is enough for counters); the histograms are only touched on the
-//! main thread.
+//! Counters and distributions for `INFO lockwarden`. Only the main thread
+//! writes them, except for the lock values freed: the `free` callback may
+//! run on Redis's lazy-free thread (`FLUSHALL ASYNC`), so that count alone
+//! takes a locked read-modify-write; the others are atomics written with a
+//! plain load and store (no locked instruction on the command path). The
+//! histograms are only touched on the main thread.
 
 use crate::state::{self, MainThread};
 use lockwarden_core::histogram::Histogram;
 use lockwarden_core::{Lease, LockError};
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// A monotonically increasing counter.
+/// A monotonically increasing counter, written by the main thread only.
 pub struct Counter(AtomicU64);
 
 impl Counter {
@@ -17,8 +19,9 @@ impl Counter {
         Counter(AtomicU64::new(0))
     }
 
+    /// Main thread only: a concurrent writer would lose increments.
     pub fn incr(&self) {
-        self.0.fetch_add(1, Relaxed);
+        self.0.store(self.0.load(Relaxed) + 1, Relaxed);
     }
 
     pub fn get(&self) -> u64 {
@@ -26,8 +29,10 @@ impl Counter {
     }
 }
 
-/// Lock values alive in the keyspace (created minus freed).
-static LOCKS: AtomicI64 = AtomicI64::new(0);
+/// Lock values created (main thread) and freed (any thread): the
+/// difference is alive in the keyspace.
+static LOCKS_CREATED: Counter = Counter::new();
+static LOCKS_FREED: AtomicU64 = AtomicU64::new(0);
 
 pub static ACQUIRES_GRANTED: Counter = Counter::new();
 pub static ACQUIRES_RETRIED: Counter = Counter::new();
@@ -90,15 +95,18 @@ pub fn error(e: &LockError) {
 }
 
 pub fn lock_created() {
-    LOCKS.fetch_add(1, Relaxed);
+    LOCKS_CREATED.incr();
 }
 
 pub fn lock_freed() {
-    LOCKS.fetch_sub(1, Relaxed);
+    LOCKS_FREED.fetch_add(1, Relaxed);
 }
 
 pub fn locks() -> i64 {
-    LOCKS.load(Relaxed).max(0)
+    let freed = LOCKS_FREED.load(Relaxed);
+    (LOCKS_CREATED.get() as i64)
+        .saturating_sub(freed as i64)
+        .max(0)
 }
 
 /// A lease left the keyspace (or was replaced by a new grant after its

@@ -324,6 +324,27 @@ for_each_flavor! {
         assert!(all.contains("lockwarden_locks_held:"), "INFO everything lacks the section");
     }
 
+    /// `locks_held` follows values freed on Redis's lazy-free thread
+    /// (`FLUSHALL ASYNC`) as well as on the main thread.
+    fn locks_held_counts_lazy_frees(flavor: Flavor) {
+        let s = Server::start(flavor);
+        let mut c = s.client();
+        let mut pipe = redis::pipe();
+        for i in 0..2000 {
+            pipe.cmd("LOCK.ACQUIRE").arg(format!("lz:{i}")).arg("me").arg("60000");
+        }
+        let _: Vec<Value> = pipe.query(&mut c).expect("acquires");
+        assert_eq!(lw_stat(&s, "locks_held"), 2000);
+        assert_eq!(s.cmd_text(&["FLUSHALL", "ASYNC"]), "OK");
+        wait_until("the lazy free", TIMEOUT, || lw_stat(&s, "locks_held") == 0);
+        for i in 0..5 {
+            acquire(&s, &format!("lz:{i}"), "me", 60000).expect("granted");
+        }
+        assert_eq!(s.cmd(&["LOCK.RELEASE", "lz:0", "me"]), Value::Int(1));
+        assert_eq!(lw_stat(&s, "locks_held"), 4);
+        assert_eq!(lw_stat(&s, "acquires_granted"), 2005);
+    }
+
     /// `expired_while_held` counts leases that ran out, not releases or
     /// deletions; the hold time of an expired lease is its TTL.
     fn expired_while_held(flavor: Flavor) {
