@@ -185,9 +185,7 @@ pub fn acquire(call: &Call) -> Outcome {
     let args = call.args();
     let req = parse::acquire(&args)?;
     if req.session && call.flags() & ffi::CTX_SCRIPT != 0 {
-        return Err(LockError::syntax(
-            "SESSION cannot be used inside a script or function: the server does not tell modules which connection runs it",
-        ));
+        return Err(session_in_script());
     }
     let queue = queue_of(call);
     // Earlier waiters come first: if the lock is free but clients queue for
@@ -247,18 +245,32 @@ pub fn acquire(call: &Call) -> Outcome {
             reply::int(call.ctx, ttl_ms as i64);
         }
         Acquired::Contended => {
-            stats::ACQUIRES_CONTENDED.incr();
-            match req.wait_ms {
-                Some(timeout) if call.flags() & ffi::CTX_NO_BLOCKING == 0 => {
-                    drop(key);
-                    let deadline = holder_deadline.unwrap_or(now);
-                    waiters::block(call.ctx, lock_key(call), &req, cap, timeout, deadline);
-                }
-                _ => reply::null(call.ctx),
-            }
+            drop(key);
+            contended(call, &req, cap, holder_deadline.unwrap_or(now));
         }
     }
     Ok(())
+}
+
+/// Another owner holds the lock: nil, or with `WAIT` (where the client may
+/// block) a place in the queue until `holder_deadline` at the latest. (Out
+/// of line, like the errors: the grant's path stays short.)
+#[inline(never)]
+fn contended(call: &Call, req: &parse::Acquire<'_>, cap: Option<u64>, holder_deadline: i64) {
+    stats::ACQUIRES_CONTENDED.incr();
+    match req.wait_ms {
+        Some(timeout) if call.flags() & ffi::CTX_NO_BLOCKING == 0 => {
+            waiters::block(call.ctx, lock_key(call), req, cap, timeout, holder_deadline);
+        }
+        _ => reply::null(call.ctx),
+    }
+}
+
+#[cold]
+fn session_in_script() -> LockError {
+    LockError::syntax(
+        "SESSION cannot be used inside a script or function: the server does not tell modules which connection runs it",
+    )
 }
 
 /// `LOCK.RELEASE key owner [FENCE token]`

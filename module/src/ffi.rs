@@ -316,12 +316,22 @@ impl<'a> Call<'a> {
     /// The arguments after the command name, as byte slices (on the stack
     /// for the usual handful of arguments).
     pub fn args(&self) -> smallvec::SmallVec<[&'a [u8]; 8]> {
+        let rest = self.argv.get(1..).unwrap_or_default();
+        if rest.len() > 8 {
+            return Self::many_args(rest);
+        }
+        let mut buf: [&'a [u8]; 8] = [&[]; 8];
+        for (slot, &s) in buf.iter_mut().zip(rest) {
+            // SAFETY: the argument strings live until the command returns.
+            *slot = unsafe { bytes(s) };
+        }
+        smallvec::SmallVec::from_buf_and_len(buf, rest.len())
+    }
+
+    #[cold]
+    fn many_args(rest: &[*mut RString]) -> smallvec::SmallVec<[&'a [u8]; 8]> {
         // SAFETY: the argument strings live until the command returns.
-        self.argv
-            .iter()
-            .skip(1)
-            .map(|&s| unsafe { bytes(s) })
-            .collect()
+        rest.iter().map(|&s| unsafe { bytes(s) }).collect()
     }
 
     /// The key argument (argv[1]) as a Redis string, for opening and replication.

@@ -328,6 +328,8 @@ for_each_flavor! {
             vec!["LOCK.ACQUIRE", "k", "alice", "60000", "WAIT", "10", "wait", "10"],
             vec!["LOCK.ACQUIRE", "k", "alice", "60000", "SESSION", "SESSION"],
             vec!["LOCK.ACQUIRE", "k", "alice", "60000", "SESSION", "BOGUS"],
+            // More arguments than the command's usual handful.
+            vec!["LOCK.ACQUIRE", "free", "bob", "1000", "WAIT", "10", "SESSION", "WAIT", "10", "SESSION"],
             vec!["LOCK.ACQUIRE", "k", "alice", "60000", "FENCE", &tok],
             vec!["LOCK.ACQUIRE", "k", "", "60000"],
             vec!["LOCK.ACQUIRE", "k", &long, "60000"],
@@ -391,6 +393,8 @@ for_each_flavor! {
             assert!(!exists(&s, "free"), "{args:?} created a lock");
             assert_eq!(lw_stat(&s, "token_high_water"), hw, "{args:?} spent a token");
         }
+        let many = s.cmd_text(&["LOCK.ACQUIRE", "free", "bob", "1000", "WAIT", "10", "SESSION", "WAIT", "10", "SESSION"]);
+        assert!(many.contains("option WAIT given more than once"), "{many}");
         let st = lw_stats(&s);
         assert_eq!((st["acquires_granted"], st["acquires_retried"], st["releases"], st["extends"]), (1, 0, 0, 0));
         // The lock still works.

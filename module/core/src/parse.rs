@@ -104,21 +104,37 @@ pub struct PolicyEval<'a> {
 pub const LIST_DEFAULT_COUNT: u64 = 100;
 pub const LIST_MAX_COUNT: u64 = 10_000;
 
+#[cold]
 fn arity(cmd: &str) -> LockError {
-    LockError::syntax(format!("wrong number of arguments for '{cmd}' command"))
+    invalid(format_args!(
+        "wrong number of arguments for '{cmd}' command"
+    ))
+}
+
+/// A syntax error, built out of line: the parsers' common path stays short
+/// (it runs on every command, and its code competes for the instruction
+/// cache with the server's own).
+#[cold]
+#[inline(never)]
+fn invalid(message: std::fmt::Arguments<'_>) -> LockError {
+    LockError::syntax(message.to_string())
 }
 
 /// Parses a strictly formatted non-negative decimal integer (no sign, no
 /// spaces, no leading zeros, at most 19 digits).
 pub fn parse_u64(arg: &[u8]) -> Option<u64> {
-    if arg.is_empty() || arg.len() > 19 || !arg.iter().all(u8::is_ascii_digit) {
+    // As Redis: no leading zeros. At most 19 digits: always below u64::MAX.
+    if arg.is_empty() || arg.len() > 19 || (arg.len() > 1 && arg[0] == b'0') {
         return None;
     }
-    if arg.len() > 1 && arg[0] == b'0' {
-        return None; // as Redis: no leading zeros
+    let mut v = 0u64;
+    for &d in arg {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + u64::from(d - b'0');
     }
-    // At most 19 digits: always below u64::MAX.
-    Some(arg.iter().fold(0u64, |v, d| v * 10 + u64::from(d - b'0')))
+    Some(v)
 }
 
 /// Parses a strictly formatted signed decimal integer.
@@ -134,16 +150,14 @@ pub fn parse_i64(arg: &[u8]) -> Option<i64> {
 fn positive(arg: &[u8], what: &str) -> Result<u64, LockError> {
     match parse_u64(arg) {
         Some(v) if v > 0 && v <= i64::MAX as u64 => Ok(v),
-        _ => Err(LockError::syntax(format!(
-            "{what} must be a positive integer"
-        ))),
+        _ => Err(invalid(format_args!("{what} must be a positive integer"))),
     }
 }
 
 fn non_negative(arg: &[u8], what: &str) -> Result<u64, LockError> {
     match parse_u64(arg) {
         Some(v) if v <= i64::MAX as u64 => Ok(v),
-        _ => Err(LockError::syntax(format!(
+        _ => Err(invalid(format_args!(
             "{what} must be a non-negative integer"
         ))),
     }
@@ -154,7 +168,7 @@ use lockwarden_sdk::MAX_WAIT_MS;
 fn wait_timeout(arg: &[u8]) -> Result<u64, LockError> {
     match parse_u64(arg) {
         Some(v) if v <= MAX_WAIT_MS => Ok(v),
-        _ => Err(LockError::syntax(format!(
+        _ => Err(invalid(format_args!(
             "WAIT timeout-ms must be an integer from 0 to {MAX_WAIT_MS}"
         ))),
     }
@@ -163,13 +177,13 @@ fn wait_timeout(arg: &[u8]) -> Result<u64, LockError> {
 fn token(arg: &[u8]) -> Result<u64, LockError> {
     match parse_u64(arg) {
         Some(v) if v > 0 && v <= i64::MAX as u64 => Ok(v),
-        _ => Err(LockError::syntax("token must be a positive integer")),
+        _ => Err(invalid(format_args!("token must be a positive integer"))),
     }
 }
 
 fn owner(arg: &[u8]) -> Result<&[u8], LockError> {
     if arg.is_empty() || arg.len() > MAX_OWNER_LEN {
-        Err(LockError::syntax(format!(
+        Err(invalid(format_args!(
             "owner must be 1 to {MAX_OWNER_LEN} bytes"
         )))
     } else {
@@ -241,6 +255,15 @@ pub fn acquire<'a>(args: &[&'a [u8]]) -> Result<Acquire<'a>, LockError> {
         wait_ms: None,
         session: false,
     };
+    if !rest.is_empty() {
+        acquire_options(&mut req, rest)?;
+    }
+    Ok(req)
+}
+
+/// `[WAIT timeout-ms] [SESSION]`.
+#[inline(never)]
+fn acquire_options<'a>(req: &mut Acquire<'a>, rest: &[&'a [u8]]) -> Result<(), LockError> {
     let mut opts = Options::new(rest);
     while let Some(opt) = opts.next(&[("WAIT", true), ("SESSION", false)]) {
         match opt? {
@@ -248,7 +271,7 @@ pub fn acquire<'a>(args: &[&'a [u8]]) -> Result<Acquire<'a>, LockError> {
             _ => req.session = true,
         }
     }
-    Ok(req)
+    Ok(())
 }
 
 /// Parses `LOCK.RELEASE` arguments.
