@@ -143,10 +143,16 @@ fn lock_key(call: &Call) -> LockKey {
 
 /// The command key's queue, if clients wait for it (no allocation when
 /// nobody waits anywhere, the common case).
+#[inline(always)]
 fn queue_of(call: &Call) -> Option<LockKey> {
     if waiters::total() == 0 {
         return None;
     }
+    queue_with_waiters(call)
+}
+
+#[inline(never)]
+fn queue_with_waiters(call: &Call) -> Option<LockKey> {
     Some(lock_key(call)).filter(|lk| waiters::len(lk) > 0)
 }
 
@@ -402,10 +408,17 @@ pub fn primary_only(call: &Call) -> Result<(), LockError> {
 /// their effects (`LOCK._GRANT`, `DEL`), never the commands; one found there
 /// anyway (only a propagation the module did not make could put it there)
 /// is refused and logged rather than decided a second time, differently.
+#[inline]
 fn decided_here(call: &Call) -> Result<(), LockError> {
     if state::is_primary() && !state::is_loading() {
         return Ok(());
     }
+    not_a_primary_command(call)
+}
+
+#[cold]
+#[inline(never)]
+fn not_a_primary_command(call: &Call) -> Result<(), LockError> {
     if call.flags() & (ffi::CTX_REPLICATED | ffi::CTX_LOADING) != 0 {
         // SAFETY: argv[0] lives for the whole command.
         let name = String::from_utf8_lossy(unsafe { ffi::bytes(call.argv[0]) }).to_uppercase();

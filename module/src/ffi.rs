@@ -315,6 +315,7 @@ impl<'a> Call<'a> {
 
     /// The arguments after the command name, as byte slices (on the stack
     /// for the usual handful of arguments).
+    #[inline(always)]
     pub fn args(&self) -> smallvec::SmallVec<[&'a [u8]; 8]> {
         let rest = self.argv.get(1..).unwrap_or_default();
         if rest.len() > 8 {

@@ -100,6 +100,7 @@ pub fn command<R>(ctx: *mut Ctx, f: impl FnOnce() -> R) -> R {
 /// Is a record to be built? Always outside a command (timers, events: rare,
 /// and `RedisModule_Replicate` counts the change); inside one only while
 /// the stream is open, else the command counts its change ([`command`]).
+#[inline]
 fn build(ctx: *mut Ctx) -> bool {
     if propagating(ctx) {
         return true;
@@ -113,18 +114,22 @@ fn build(ctx: *mut Ctx) -> bool {
 }
 
 /// Is the stream open? Asks the server once after a load or a role change.
+#[inline]
 fn propagating(ctx: *mut Ctx) -> bool {
     match STREAM.get().get() {
         Stream::Open => true,
         Stream::Closed => false,
-        Stream::Unknown => {
-            let open = stream_is_open(ctx);
-            STREAM
-                .get()
-                .set(if open { Stream::Open } else { Stream::Closed });
-            open
-        }
+        Stream::Unknown => resolve(ctx),
     }
+}
+
+#[inline(never)]
+fn resolve(ctx: *mut Ctx) -> bool {
+    let open = stream_is_open(ctx);
+    STREAM
+        .get()
+        .set(if open { Stream::Open } else { Stream::Closed });
+    open
 }
 
 /// Redis's own test: an AOF is on, or a backlog exists (replicas have one).
@@ -163,10 +168,15 @@ macro_rules! emit_grant {
 /// Replicates a grant or extension of `lease` on `key`. `owner_arg` is the
 /// command's own owner argument, if it has one: Redis then shares that string
 /// instead of copying the owner (checked to hold the lease's owner).
+#[inline]
 pub fn grant(ctx: *mut Ctx, key: *mut RString, owner_arg: Option<*mut RString>, lease: &Lease) {
-    if !build(ctx) {
-        return;
+    if build(ctx) {
+        emit_grant(ctx, key, owner_arg, lease);
     }
+}
+
+#[inline(never)]
+fn emit_grant(ctx: *mut Ctx, key: *mut RString, owner_arg: Option<*mut RString>, lease: &Lease) {
     // SAFETY: command arguments live until the command returns.
     match owner_arg.filter(|&o| unsafe { crate::ffi::bytes(o) } == &*lease.owner) {
         Some(owner) => {

@@ -30,19 +30,25 @@ fn with<R>(f: impl FnOnce(&mut Index) -> R) -> R {
 
 /// Records a session lease granted on this node, on the key `name` (alive
 /// for the call).
+#[inline]
 pub fn track(lease: &Lease, db: i32, name: *mut RString) {
     if lease.session && lease.client_id != 0 {
-        let lk = LockKey {
-            db,
-            // SAFETY: the caller's key name is alive.
-            name: unsafe { ffi::bytes(name) }.into(),
-        };
-        with(|ix| {
-            ix.entry(lease.client_id)
-                .or_default()
-                .insert(lease.token, lk)
-        });
+        index(lease, db, name);
     }
+}
+
+#[inline(never)]
+fn index(lease: &Lease, db: i32, name: *mut RString) {
+    let lk = LockKey {
+        db,
+        // SAFETY: the caller's key name is alive.
+        name: unsafe { ffi::bytes(name) }.into(),
+    };
+    with(|ix| {
+        ix.entry(lease.client_id)
+            .or_default()
+            .insert(lease.token, lk)
+    });
 }
 
 /// How many session leases the index follows (those held by connected

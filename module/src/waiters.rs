@@ -91,8 +91,13 @@ struct Grant {
 }
 
 /// Clients blocked in `LOCK.ACQUIRE ... WAIT` on this node.
+#[inline]
 pub fn total() -> usize {
-    with(|r| r.blocked.len())
+    REGISTRY
+        .get()
+        .borrow()
+        .as_ref()
+        .map_or(0, |r| r.blocked.len())
 }
 
 /// Clients waiting for `lk`.
