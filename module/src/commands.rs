@@ -64,10 +64,10 @@ pub enum GrantKind {
     Extended,
 }
 
-/// The lock key a grant goes to: its database and name, and the owner as a
-/// command argument when a command (not a handoff) made the grant.
+/// The lock key a grant goes to (in the context's selected database), and
+/// the owner as a command argument when a command (not a handoff) made the
+/// grant.
 pub struct Target {
-    pub db: i32,
     pub name: *mut RString,
     pub owner_arg: Option<*mut RString>,
 }
@@ -76,7 +76,6 @@ impl Target {
     /// The command's own key (argv[1]) and owner (argv[2]).
     fn of(call: &Call) -> Target {
         Target {
-            db: call.db(),
             name: call.key(),
             owner_arg: call.argv.get(2).copied(),
         }
@@ -97,7 +96,7 @@ pub fn install(
 ) {
     let name = target.name;
     replicate::grant(ctx, name, target.owner_arg, &lease);
-    sessions::track(&lease, target.db, name);
+    sessions::track(ctx, &lease, name);
     put(key, lease, now_ms);
     ffi::notify(
         ctx,

@@ -127,15 +127,22 @@ pub fn guard<R>(what: &str, fallback: R, f: impl FnOnce() -> R) -> R {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
-            tracing::error!("internal error in {what}: {msg}");
+            report_panic(what, payload);
             fallback
         }
     }
+}
+
+/// Logs a caught panic (out of line: every callback's guard shares it).
+#[cold]
+#[inline(never)]
+fn report_panic(what: &str, payload: Box<dyn std::any::Any + Send>) {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string());
+    tracing::error!("internal error in {what}: {msg}");
 }
 
 /// The bytes of a Redis string, borrowed for as long as the string lives.

@@ -29,18 +29,18 @@ fn with<R>(f: impl FnOnce(&mut Index) -> R) -> R {
 }
 
 /// Records a session lease granted on this node, on the key `name` (alive
-/// for the call).
+/// for the call) of the database `ctx` has selected.
 #[inline]
-pub fn track(lease: &Lease, db: i32, name: *mut RString) {
+pub fn track(ctx: *mut Ctx, lease: &Lease, name: *mut RString) {
     if lease.session && lease.client_id != 0 {
-        index(lease, db, name);
+        index(ctx, lease, name);
     }
 }
 
 #[inline(never)]
-fn index(lease: &Lease, db: i32, name: *mut RString) {
+fn index(ctx: *mut Ctx, lease: &Lease, name: *mut RString) {
     let lk = LockKey {
-        db,
+        db: ffi::selected_db(ctx),
         // SAFETY: the caller's key name is alive.
         name: unsafe { ffi::bytes(name) }.into(),
     };

@@ -373,7 +373,6 @@ pub fn serve(ctx: *mut Ctx, lk: &LockKey, name: *mut RString) {
                     client_id: lease.client_id,
                 };
                 let target = commands::Target {
-                    db: lk.db,
                     name,
                     owner_arg: None,
                 };
