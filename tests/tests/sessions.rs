@@ -411,6 +411,30 @@ for_each_flavor! {
         assert!(p.is_running() && r.is_running());
     }
 
+    /// A session lock in another database is released there when its
+    /// holder disconnects, and so is one handed over in that database to a
+    /// waiting session; a lock of the same name in database 0 stays.
+    fn session_locks_in_another_database(flavor: Flavor) {
+        let server = Server::start(flavor);
+        acquire(&server, "k", "zero", 60000).expect("db 0");
+        let mut holder = spawn_client(server.port(), &["SELECT 2", "LOCK.ACQUIRE k me 60000 SESSION"], true);
+        parse_grant_line(&holder.lines(2)[1]);
+        let mut waiter = spawn_client(server.port(), &["SELECT 2", "LOCK.ACQUIRE k next 60000 WAIT 10000 SESSION"], true);
+        waiter.expect_line();
+        wait_until("the waiter queues", TIMEOUT, || lw_stat(&server, "waiters") == 1);
+        holder.kill();
+        parse_grant_line(&waiter.expect_line());
+        let mut db2 = server.client();
+        assert_eq!(render(&req(&mut db2, &["SELECT", "2"])), "OK");
+        assert!(render(&req(&mut db2, &["LOCK.INFO", "k"])).contains("next"), "handed over in db 2");
+        waiter.kill();
+        wait_until("the handed-over session lock is released", TIMEOUT, || {
+            int(&req(&mut db2, &["EXISTS", "k"])) == 0
+        });
+        assert_eq!(lw_stat(&server, "session_releases"), 2);
+        assert_eq!(owner_of(&server, "k").as_deref(), Some("zero"));
+    }
+
     /// `SWAPDB` moves a session lock with its database; its holder's
     /// disconnect still releases it there. `FLUSHALL` leaves nothing behind.
     fn session_lock_follows_swapdb(flavor: Flavor) {
