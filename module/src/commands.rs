@@ -9,6 +9,7 @@ use crate::policies::{self, Ask};
 use crate::waiters::{self, LockKey};
 use crate::{config, replicate, sessions, state, stats};
 use lockwarden_core::rules::{self, Acquired, Caller};
+use lockwarden_core::throttle::Throttle;
 use lockwarden_core::{Lease, LockError, parse};
 use lockwarden_sdk::Operation;
 use redis_module::raw;
@@ -186,7 +187,9 @@ fn asking<'a>(
 
 /// `LOCK.ACQUIRE key owner ttl-ms [WAIT timeout-ms] [SESSION]`
 pub fn acquire(call: &Call) -> Outcome {
-    decided_here(call)?;
+    if !decided_here(call)? {
+        return Ok(());
+    }
     let args = call.args();
     let req = parse::acquire(&args)?;
     if req.session && call.flags() & ffi::CTX_SCRIPT != 0 {
@@ -280,7 +283,9 @@ fn session_in_script() -> LockError {
 
 /// `LOCK.RELEASE key owner [FENCE token]`
 pub fn release(call: &Call) -> Outcome {
-    decided_here(call)?;
+    if !decided_here(call)? {
+        return Ok(());
+    }
     let args = call.args();
     let req = parse::release(&args)?;
     let now = ffi::command_now_ms();
@@ -306,7 +311,9 @@ pub fn release(call: &Call) -> Outcome {
 
 /// `LOCK.EXTEND key owner ttl-ms [FENCE token]`
 pub fn extend(call: &Call) -> Outcome {
-    decided_here(call)?;
+    if !decided_here(call)? {
+        return Ok(());
+    }
     let args = call.args();
     let req = parse::extend(&args)?;
     let now = ffi::command_now_ms();
@@ -403,32 +410,40 @@ pub fn primary_only(call: &Call) -> Result<(), LockError> {
 }
 
 /// Lock commands decide with this node's clock, token clock and policies: a
-/// client's command on a primary. The replication stream and the AOF carry
-/// their effects (`LOCK._GRANT`, `DEL`), never the commands; one found there
-/// anyway (only a propagation the module did not make could put it there)
-/// is refused and logged rather than decided a second time, differently.
+/// client's command on a primary (`Ok(true)`). The replication stream and
+/// the AOF carry their effects (`LOCK._GRANT`, `DEL`); the command itself
+/// gets there only as the change count of a command whose records were
+/// skipped (`replicate::command`), in a backlog the module could not see
+/// yet. Replayed, it is skipped (`Ok(false)`: the caller replies nil),
+/// not decided a second time, differently, and not answered with an error,
+/// which the server would log as a replication fault, or take as a reason
+/// to stop (`propagation-error-behavior panic`).
 #[inline]
-fn decided_here(call: &Call) -> Result<(), LockError> {
+fn decided_here(call: &Call) -> Result<bool, LockError> {
     if state::is_primary() && !state::is_loading() {
-        return Ok(());
+        return Ok(true);
     }
     not_a_primary_command(call)
 }
 
+/// Lines about lock commands skipped in the replication stream or the AOF.
+static REPLAYED_LOG: Throttle = Throttle::new(1, 10_000);
+
 #[cold]
 #[inline(never)]
-fn not_a_primary_command(call: &Call) -> Result<(), LockError> {
-    if call.flags() & (ffi::CTX_REPLICATED | ffi::CTX_LOADING) != 0 {
+fn not_a_primary_command(call: &Call) -> Result<bool, LockError> {
+    if call.flags() & (ffi::CTX_REPLICATED | ffi::CTX_LOADING) == 0 {
+        return primary_only(call).map(|()| true);
+    }
+    if let Some(more) = REPLAYED_LOG.admit(ffi::wall_now_ms()) {
         // SAFETY: argv[0] lives for the whole command.
         let name = String::from_utf8_lossy(unsafe { ffi::bytes(call.argv[0]) }).to_uppercase();
         tracing::warn!(
-            "{name} from the replication stream or the AOF was not applied: they carry lock effects, not lock commands"
+            "{name} from the replication stream or the AOF was not applied: they carry lock effects, not lock commands ({more} more since the last line)"
         );
-        return Err(LockError::syntax(format!(
-            "{name} is not applied from the replication stream or the AOF: the primary sends its effects"
-        )));
     }
-    primary_only(call)
+    reply::null(call.ctx);
+    Ok(false)
 }
 
 /// Internal commands are accepted only from the replication link and while

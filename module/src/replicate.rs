@@ -1,7 +1,7 @@
 //! The one place that emits replication and AOF records. Effects, not
 //! commands: a grant or extension travels as `LOCK._GRANT key owner
 //! token:deadline-ms:acquired-at-ms:extensions:session` (absolute times, the
-//! token); a release as `DEL`. Replicas and the AOF
+//! token); a release as `DEL` (`UNLINK` where `DEL` is renamed). Replicas and the AOF
 //! replay these facts without consulting a clock or a policy. An AOF rewrite
 //! writes each lease as that `LOCK._GRANT` and a `PERSIST`: the key's expiry
 //! is Redis's to write (its `PEXPIREAT` follows, if the key has one), since
@@ -88,7 +88,7 @@ impl Drop for CommandScope {
 /// server's own test, the one [`stream_is_open`] asks), propagates nothing.
 /// Where the server saw a reader before the module did (a backlog created
 /// for a full sync that has not forked yet), the command itself can reach
-/// the backlog; replicas refuse lock commands from the stream.
+/// the backlog; replicas and the AOF loader skip lock commands.
 pub fn command<R>(ctx: *mut Ctx, f: impl FnOnce() -> R) -> R {
     let _scope = CommandScope {
         ctx,
@@ -234,7 +234,7 @@ pub fn delete(ctx: *mut Ctx, key: *mut RString) {
     }
     if let Some(more) = UNREPLICATED_LOG.admit(ffi::wall_now_ms()) {
         tracing::error!(
-            "a lock release was not replicated: DEL and UNLINK are both renamed (rename-command), so replicas and the AOF keep the lock until its deadline ({more} more since the last line)"
+            "a lock release could not be replicated: DEL and UNLINK are both renamed (rename-command); replicas and the AOF, if any, keep the lock until its deadline ({more} more since the last line)"
         );
     }
 }

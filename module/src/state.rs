@@ -3,9 +3,9 @@
 //! registry and the waiter queues live in `policies.rs` and `waiters.rs`.)
 //!
 //! Redis calls module commands, timers, events and most type callbacks on its
-//! main thread, one at a time. [`MainThread`] encodes that contract; values
-//! that a background thread may touch (the lazy-free `free` callback, INFO
-//! counters) are atomics in [`crate::stats`] instead.
+//! main thread, one at a time. [`MainThread`] encodes that contract; the one
+//! value a background thread touches (the count of lock values freed, from
+//! the lazy-free `free` callback) is an atomic in [`crate::stats`].
 
 use lockwarden_core::TokenClock;
 use std::cell::Cell;

@@ -398,7 +398,7 @@ for_each_flavor! {
         let s = start(&["DEL", "UNLINK"]);
         acquire_ok(&s, "rn:k", "alice", 60000);
         release_ok(&s, "rn:k", "alice");
-        assert!(s.log().contains("a lock release was not replicated"), "{}", s.log_tail(10));
+        assert!(s.log().contains("a lock release could not be replicated"), "{}", s.log_tail(10));
     }
 
     /// A lock key's own expiry survives an AOF rewrite without preamble

@@ -12,8 +12,12 @@ pub const MAX_OWNER_LEN: usize = 256;
 pub const INLINE_OWNER_LEN: usize = 38;
 
 /// An owner's bytes: inline up to [`INLINE_OWNER_LEN`], else on the heap.
+/// Built only from a byte string, so the inline length is always in range.
 #[derive(Clone)]
-pub enum Owner {
+pub struct Owner(Repr);
+
+#[derive(Clone)]
+enum Repr {
     Inline {
         len: u8,
         bytes: [u8; INLINE_OWNER_LEN],
@@ -24,34 +28,34 @@ pub enum Owner {
 impl Owner {
     /// Bytes allocated apart from the lease.
     pub fn heap_len(&self) -> usize {
-        match self {
-            Owner::Inline { .. } => 0,
-            Owner::Heap(b) => b.len(),
+        match &self.0 {
+            Repr::Inline { .. } => 0,
+            Repr::Heap(b) => b.len(),
         }
     }
 }
 
 impl From<&[u8]> for Owner {
     fn from(owner: &[u8]) -> Owner {
-        if owner.len() <= INLINE_OWNER_LEN {
+        Owner(if owner.len() <= INLINE_OWNER_LEN {
             let mut bytes = [0; INLINE_OWNER_LEN];
             bytes[..owner.len()].copy_from_slice(owner);
-            Owner::Inline {
+            Repr::Inline {
                 len: owner.len() as u8,
                 bytes,
             }
         } else {
-            Owner::Heap(owner.into())
-        }
+            Repr::Heap(owner.into())
+        })
     }
 }
 
 impl std::ops::Deref for Owner {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        match self {
-            Owner::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Owner::Heap(b) => b,
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Repr::Heap(b) => b,
         }
     }
 }
@@ -351,7 +355,11 @@ pub(crate) mod tests {
         for len in 0..=MAX_OWNER_LEN {
             let owner = Owner::from(&bytes[..len]);
             assert_eq!(&*owner, &bytes[..len]);
-            assert_eq!(owner, Owner::Heap(bytes[..len].into()), "equal by bytes");
+            assert_eq!(
+                owner,
+                Owner(Repr::Heap(bytes[..len].into())),
+                "equal by bytes"
+            );
             let heap = if len <= INLINE_OWNER_LEN { 0 } else { len };
             assert_eq!(owner.heap_len(), heap, "{len}");
             let l = Lease {
