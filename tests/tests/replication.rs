@@ -24,6 +24,38 @@ fn propagation(s: &Server) -> String {
         .unwrap_or_else(|| s.fail("INFO lockwarden has no propagation"))
 }
 
+/// A primary with a replication backlog and no fork: a replica asked for a
+/// delayed diskless full sync and left before it began. `key` is granted
+/// first, so the module has found the stream closed.
+fn forkless_backlog(flavor: Flavor, key: &str) -> Server {
+    use std::io::{Read, Write};
+    let p = Server::builder(flavor)
+        .arg("repl-diskless-sync", "yes")
+        .arg("repl-diskless-sync-delay", "30")
+        .start();
+    acquire_ok(&p, key, "alice", 60_000);
+    assert_eq!(propagation(&p), "closed");
+    {
+        let mut s = std::net::TcpStream::connect(p.addr()).expect("connect");
+        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        s.write_all(b"REPLCONF capa eof\r\n").expect("write");
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).expect("+OK");
+        assert_eq!(&buf, b"+OK\r\n");
+        s.write_all(b"PSYNC ? -1\r\n").expect("write");
+        p.wait_for(TIMEOUT, |p| {
+            p.info_field("replication", "repl_backlog_active")
+                .as_deref()
+                == Some("1")
+        });
+    }
+    // Gone before the delayed fork: a backlog, no fork.
+    p.wait_for(TIMEOUT, |p| {
+        p.info_field("replication", "connected_slaves").as_deref() == Some("0")
+    });
+    p
+}
+
 /// Asserts that `key` is in the same state on the primary and the replica:
 /// equal DEBUG DIGEST-VALUE and LOCK.INFO (owner, token, times,
 /// extensions, session; the remaining ttl within a second).
@@ -486,25 +518,7 @@ for_each_flavor! {
     /// the RDB, and a node started from that file continues partially from
     /// the backlog: the grants after the save must be in it.
     fn a_save_with_a_forkless_backlog_opens_the_stream(flavor: Flavor) {
-        use std::io::{Read, Write};
-        let p = Server::builder(flavor)
-            .arg("repl-diskless-sync", "yes")
-            .arg("repl-diskless-sync-delay", "30")
-            .start();
-        acquire_ok(&p, "fb:a", "alice", 60_000);
-        assert_eq!(propagation(&p), "closed");
-        {
-            let mut s = std::net::TcpStream::connect(p.addr()).expect("connect");
-            s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-            s.write_all(b"REPLCONF capa eof\r\n").expect("write");
-            let mut buf = [0u8; 5];
-            s.read_exact(&mut buf).expect("+OK");
-            assert_eq!(&buf, b"+OK\r\n");
-            s.write_all(b"PSYNC ? -1\r\n").expect("write");
-            p.wait_for(TIMEOUT, |p| p.info_field("replication", "repl_backlog_active").as_deref() == Some("1"));
-        }
-        // Gone before the delayed fork: a backlog, no fork.
-        p.wait_for(TIMEOUT, |p| p.info_field("replication", "connected_slaves").as_deref() == Some("0"));
+        let p = forkless_backlog(flavor, "fb:a");
         acquire_ok(&p, "fb:b", "bob", 60_000);
         assert_eq!(p.cmd_text(&["SAVE"]), "OK");
         acquire_ok(&p, "fb:c", "carol", 60_000);
@@ -534,24 +548,7 @@ for_each_flavor! {
     /// has its effect), not decide it again with its own clock, and not
     /// answer it with an error (a replication fault to the server).
     fn replicas_skip_lock_commands_from_the_stream(flavor: Flavor) {
-        use std::io::{Read, Write};
-        let p = Server::builder(flavor)
-            .arg("repl-diskless-sync", "yes")
-            .arg("repl-diskless-sync-delay", "30")
-            .start();
-        acquire_ok(&p, "vb:a", "alice", 60_000);
-        assert_eq!(propagation(&p), "closed");
-        {
-            let mut s = std::net::TcpStream::connect(p.addr()).expect("connect");
-            s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-            s.write_all(b"REPLCONF capa eof\r\n").expect("write");
-            let mut buf = [0u8; 5];
-            s.read_exact(&mut buf).expect("+OK");
-            assert_eq!(&buf, b"+OK\r\n");
-            s.write_all(b"PSYNC ? -1\r\n").expect("write");
-            p.wait_for(TIMEOUT, |p| p.info_field("replication", "repl_backlog_active").as_deref() == Some("1"));
-        }
-        p.wait_for(TIMEOUT, |p| p.info_field("replication", "connected_slaves").as_deref() == Some("0"));
+        let p = forkless_backlog(flavor, "vb:a");
         let mut c = p.client();
         assert_eq!(req(&mut c, &["MULTI"]), Value::Okay);
         req(&mut c, &["LOCK.ACQUIRE", "vb:c", "carol", "60000"]);
