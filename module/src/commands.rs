@@ -5,11 +5,11 @@
 
 use crate::ffi::{self, Call, Key, RString, Slot, api, reply};
 use crate::lease_type::{self, ty};
+use crate::logging::ThrottledLog;
 use crate::policies::{self, Ask};
 use crate::waiters::{self, LockKey};
 use crate::{config, replicate, sessions, state, stats};
 use lockwarden_core::rules::{self, Acquired, Caller};
-use lockwarden_core::throttle::Throttle;
 use lockwarden_core::{Lease, LockError, parse};
 use lockwarden_sdk::Operation;
 use redis_module::raw;
@@ -427,7 +427,7 @@ fn decided_here(call: &Call) -> Result<bool, LockError> {
 }
 
 /// Lines about lock commands skipped in the replication stream or the AOF.
-static REPLAYED_LOG: Throttle = Throttle::new(1, 10_000);
+static REPLAYED_LOG: ThrottledLog = ThrottledLog::new("replayed lock command", 1, "");
 
 #[cold]
 #[inline(never)]
@@ -435,11 +435,11 @@ fn not_a_primary_command(call: &Call) -> Result<bool, LockError> {
     if call.flags() & (ffi::CTX_REPLICATED | ffi::CTX_LOADING) == 0 {
         return primary_only(call).map(|()| true);
     }
-    if let Some(more) = REPLAYED_LOG.admit(ffi::wall_now_ms()) {
+    if REPLAYED_LOG.admit(ffi::wall_now_ms()) {
         // SAFETY: argv[0] lives for the whole command.
         let name = String::from_utf8_lossy(unsafe { ffi::bytes(call.argv[0]) }).to_uppercase();
         tracing::warn!(
-            "{name} from the replication stream or the AOF was not applied: they carry lock effects, not lock commands ({more} more since the last line)"
+            "{name} from the replication stream or the AOF was not applied: they carry lock effects, not lock commands"
         );
     }
     reply::null(call.ctx);

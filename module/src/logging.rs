@@ -2,6 +2,7 @@
 //! any thread with a NULL context), one line per event, at the matching level.
 
 use crate::ffi;
+use lockwarden_core::throttle::Throttle;
 use std::ffi::CStr;
 use std::io::Write;
 use tracing::{Level, Metadata};
@@ -74,4 +75,44 @@ pub fn init() {
         .with_level(false)
         .with_max_level(Level::INFO)
         .try_init();
+}
+
+/// A log for lines that something outside the module can cause on every
+/// command (a policy's notes, a replication stream): at most `per_second`
+/// reach the log, which Redis writes synchronously on the main thread, and
+/// the next line let through is preceded by a count of those left out.
+pub struct ThrottledLog {
+    what: &'static str,
+    /// Said after the count of lines left out (e.g. where they are counted).
+    aside: &'static str,
+    per_second: u32,
+    throttle: Throttle,
+}
+
+impl ThrottledLog {
+    pub const fn new(what: &'static str, per_second: u32, aside: &'static str) -> Self {
+        ThrottledLog {
+            what,
+            aside,
+            per_second,
+            throttle: Throttle::new(per_second, 1000),
+        }
+    }
+
+    /// May a line go out now? (Logs the count of lines left out first.)
+    pub fn admit(&self, now_ms: i64) -> bool {
+        match self.throttle.admit(now_ms) {
+            None => false,
+            Some(0) => true,
+            Some(left_out) => {
+                tracing::warn!(
+                    "{left_out} {} messages not logged (at most {} a second{})",
+                    self.what,
+                    self.per_second,
+                    self.aside
+                );
+                true
+            }
+        }
+    }
 }

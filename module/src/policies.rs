@@ -13,6 +13,7 @@
 use crate::config::{self, Id};
 use crate::ffi::{self, Call, Ctx, Key, OwnedString, RString, Slot, api, reply};
 use crate::lease_type::ty;
+use crate::logging::ThrottledLog;
 use crate::state::MainThread;
 use crate::waiters::{self, LockKey};
 use crate::{commands, persist, stats};
@@ -20,7 +21,6 @@ use lockwarden_core::policy::{
     CompiledPolicy, EvalLimits, FailureMode, LoadError, Note, PolicyEngine, PolicySpec, Registry,
     check_compile_headroom, check_module_size, decode_specs, encode_specs,
 };
-use lockwarden_core::throttle::Throttle;
 use lockwarden_core::{Lease, LockError, parse};
 use lockwarden_sdk::abi::{Caller, Decision, Holder, Operation, Request};
 use redis_module::raw;
@@ -145,49 +145,28 @@ fn evaluate(call: &Call, ask: &Ask<'_>) -> Result<Option<u64>, LockError> {
             Note::AuditClamp { .. } => &AUDIT_LOG,
             Note::Failure { .. } => &FAILURE_LOG,
         };
-        log.warn(ask.now_ms, note);
+        if log.admit(ask.now_ms) {
+            tracing::warn!("{note}");
+        }
     }
     // Failures are operational problems; denials are expected outcomes,
     // counted in INFO and published as keyspace events instead.
     if let Err(e @ LockError::Policy { .. }) = &evaluation.verdict {
         let key = lockwarden_sdk::text::show(ask.key, 64);
-        FAILURE_LOG.warn(ask.now_ms, format_args!("{e} (key {key})"));
+        if FAILURE_LOG.admit(ask.now_ms) {
+            tracing::warn!("{e} (key {key})");
+        }
     }
     evaluation.verdict
 }
 
 /// Audit notes and policy failures can come with every command: at most
-/// [`LOG_LINES_PER_SECOND`] of each a second reach the (synchronous) log,
-/// separately so that a chatty audit policy cannot hide failures.
-static AUDIT_LOG: PolicyLog = PolicyLog::new("audit");
-static FAILURE_LOG: PolicyLog = PolicyLog::new("failure");
-const LOG_LINES_PER_SECOND: u32 = 10;
-
-struct PolicyLog {
-    what: &'static str,
-    throttle: Throttle,
-}
-
-impl PolicyLog {
-    const fn new(what: &'static str) -> Self {
-        PolicyLog {
-            what,
-            throttle: Throttle::new(LOG_LINES_PER_SECOND, 1000),
-        }
-    }
-
-    fn warn(&self, now_ms: i64, line: impl std::fmt::Display) {
-        if let Some(suppressed) = self.throttle.admit(now_ms) {
-            if suppressed > 0 {
-                tracing::warn!(
-                    "{suppressed} policy {} messages not logged (at most {LOG_LINES_PER_SECOND} a second; INFO lockwarden counts them all)",
-                    self.what
-                );
-            }
-            tracing::warn!("{line}");
-        }
-    }
-}
+/// ten of each a second reach the log, separately so that a chatty audit
+/// policy cannot hide failures.
+static AUDIT_LOG: ThrottledLog =
+    ThrottledLog::new("policy audit", 10, "; INFO lockwarden counts them all");
+static FAILURE_LOG: ThrottledLog =
+    ThrottledLog::new("policy failure", 10, "; INFO lockwarden counts them all");
 
 /// `maxmemory` (0: none) and `used_memory`, from `INFO memory`.
 fn memory(ctx: *mut Ctx) -> (u64, u64) {

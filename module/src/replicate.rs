@@ -8,10 +8,10 @@
 //! `PERSIST` or `PEXPIRE` may have moved it away from the lease's deadline.
 
 use crate::ffi::{self, Ctx, RString, api};
+use crate::logging::ThrottledLog;
 use crate::state::MainThread;
 use lockwarden_core::Lease;
 use lockwarden_core::lease::GrantFields;
-use lockwarden_core::throttle::Throttle;
 use redis_module::raw::{self, RedisModuleIO};
 use std::cell::Cell;
 use std::ffi::c_int;
@@ -215,7 +215,7 @@ pub fn emit_grant_aof(aof: *mut RedisModuleIO, key: *mut RString, lease: &Lease)
 }
 
 /// Lines about releases that could not be replicated.
-static UNREPLICATED_LOG: Throttle = Throttle::new(1, 10_000);
+static UNREPLICATED_LOG: ThrottledLog = ThrottledLog::new("unreplicated release", 1, "");
 
 /// Replicates the removal of a lock: `DEL`, or `UNLINK` where
 /// `rename-command` took `DEL` away (`RedisModule_Replicate` finds commands
@@ -232,9 +232,9 @@ pub fn delete(ctx: *mut Ctx, key: *mut RString) {
             return;
         }
     }
-    if let Some(more) = UNREPLICATED_LOG.admit(ffi::wall_now_ms()) {
+    if UNREPLICATED_LOG.admit(ffi::wall_now_ms()) {
         tracing::error!(
-            "a lock release could not be replicated: DEL and UNLINK are both renamed (rename-command); replicas and the AOF, if any, keep the lock until its deadline ({more} more since the last line)"
+            "a lock release could not be replicated: DEL and UNLINK are both renamed (rename-command); replicas and the AOF, if any, keep the lock until its deadline"
         );
     }
 }
