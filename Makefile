@@ -75,6 +75,7 @@ test-faults: build
 
 bench: build
 	$(CARGO) bench -p lockwarden-benches
+	$(CARGO) build --release -p lockwarden-floor
 	$(TEST_ENV) $(CARGO) run --release -p lockwarden-benches --bin loadcompare
 	$(TEST_ENV) $(CARGO) run --release -p lockwarden-benches --bin waitcompare
 

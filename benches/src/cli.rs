@@ -1,5 +1,5 @@
 //! Command-line options (`--name value` and `--flag`) and the environment
-//! (`LOCKWARDEN_MODULE`, `LOCKWARDEN_POLICIES`).
+//! (`LOCKWARDEN_MODULE`, `LOCKWARDEN_FLOOR_MODULE`, `LOCKWARDEN_POLICIES`).
 
 use crate::{Result, err};
 use std::collections::HashMap;
@@ -77,16 +77,29 @@ pub fn workspace_root() -> PathBuf {
 
 /// `LOCKWARDEN_MODULE`, default `<workspace>/target/release/liblockwarden.so`.
 pub fn module_path() -> PathBuf {
-    std::env::var_os("LOCKWARDEN_MODULE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/release/liblockwarden.so"))
+    env_path("LOCKWARDEN_MODULE", "target/release/liblockwarden.so")
+}
+
+/// `LOCKWARDEN_FLOOR_MODULE`, default
+/// `<workspace>/target/release/liblockwarden_floor.so`: the module-API floor
+/// (`benches/floor`) that `loadcompare` runs beside `LOCK.ACQUIRE`.
+pub fn floor_module_path() -> PathBuf {
+    env_path(
+        "LOCKWARDEN_FLOOR_MODULE",
+        "target/release/liblockwarden_floor.so",
+    )
 }
 
 /// `LOCKWARDEN_POLICIES`, default `<workspace>/target/policies`.
 pub fn policies_dir() -> PathBuf {
-    std::env::var_os("LOCKWARDEN_POLICIES")
+    env_path("LOCKWARDEN_POLICIES", "target/policies")
+}
+
+/// The path in environment variable `var`, else `default` in the workspace.
+fn env_path(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var)
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/policies"))
+        .unwrap_or_else(|| workspace_root().join(default))
 }
 
 /// The date and time, UTC (`2026-01-31 12:00 UTC`).

@@ -17,6 +17,8 @@ pub mod report;
 pub mod server;
 pub mod stats;
 
+use std::path::Path;
+
 /// The error type of the harness: anything goes, it ends the run with a
 /// message.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -37,17 +39,21 @@ pub fn main_of(name: &str, run: impl FnOnce() -> Result<()>) {
 }
 
 /// The start of every comparison: `--server` (default `redis-server`)
-/// started with the module (`LOCKWARDEN_MODULE`), a connection to it, and a
-/// report titled `title` whose context names the date, the server and the
-/// module, the machine and the build.
+/// started with the module (`LOCKWARDEN_MODULE`) and `others` beside it, a
+/// connection to it, and a report titled `title` whose context names the
+/// date, the server and the module, the machine and the build.
 pub fn start(
     args: &cli::Args,
     title: &str,
+    others: &[&Path],
 ) -> Result<(server::Server, redis::Connection, report::Report)> {
     let module = cli::module_path();
     let binary = args.string("server", "redis-server");
     eprintln!("starting {binary} with {}", module.display());
-    let server = server::Server::start(&binary, &module)?;
+    let modules: Vec<&Path> = std::iter::once(module.as_path())
+        .chain(others.iter().copied())
+        .collect();
+    let server = server::Server::start(&binary, &modules)?;
     let con = server.connect()?;
     let mut report = report::Report::new(title);
     report.context("date", cli::utc_now());

@@ -19,13 +19,13 @@ pub struct Server {
 
 impl Server {
     /// Starts `binary` (`redis-server`, `valkey-server` or a path) with
-    /// `--save '' --appendonly no` and `module` loaded, and waits until it
+    /// `--save '' --appendonly no` and `modules` loaded, and waits until it
     /// answers `PING`.
-    pub fn start(binary: &str, module: &Path) -> Result<Server> {
-        if !module.is_file() {
+    pub fn start(binary: &str, modules: &[&Path]) -> Result<Server> {
+        if let Some(missing) = modules.iter().find(|m| !m.is_file()) {
             return err(format!(
-                "module {} not found (build it with `cargo build --release -p lockwarden`, or set LOCKWARDEN_MODULE)",
-                module.display()
+                "module {} not found (`make build` builds lockwarden, `cargo build --release -p lockwarden-floor` the floor; or set LOCKWARDEN_MODULE, LOCKWARDEN_FLOOR_MODULE)",
+                missing.display()
             ));
         }
         let dir = tempfile::Builder::new()
@@ -40,8 +40,7 @@ impl Server {
             .arg(dir.path())
             .arg("--logfile")
             .arg(&log)
-            .arg("--loadmodule")
-            .arg(module)
+            .args(modules.iter().flat_map(|m| [Path::new("--loadmodule"), m]))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

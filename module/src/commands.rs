@@ -86,12 +86,13 @@ impl Target {
 /// Applies a grant or extension decided on this node: replicates it, stores
 /// `lease` in `key` (updating an existing lease in place, with its deadline
 /// as the key's absolute expiry), keeps the session index, publishes the
-/// keyspace event.
+/// keyspace event. The lease comes boxed, as a new key keeps it: moved by
+/// pointer, not copied through every step.
 pub fn install(
     ctx: *mut ffi::Ctx,
     key: &mut Key,
     target: &Target,
-    lease: Lease,
+    lease: Box<Lease>,
     kind: GrantKind,
     now_ms: i64,
 ) {
@@ -110,7 +111,7 @@ pub fn install(
 }
 
 /// Stores `lease` in `key` without replicating it.
-fn put(key: &mut Key, lease: Lease, now_ms: i64) {
+fn put(key: &mut Key, lease: Box<Lease>, now_ms: i64) {
     let deadline = lease.deadline_ms;
     match key.slot::<Lease>(ty()) {
         Slot::Ours(existing) => {
@@ -122,7 +123,7 @@ fn put(key: &mut Key, lease: Lease, now_ms: i64) {
             if existing.token != lease.token || existing.client_id != lease.client_id {
                 sessions::forget(existing);
             }
-            *existing = lease;
+            *existing = *lease;
             key.expire_at(deadline);
         }
         Slot::Empty | Slot::Other => lease_type::store(key, lease),
@@ -190,8 +191,7 @@ pub fn acquire(call: &Call) -> Outcome {
     if !decided_here(call)? {
         return Ok(());
     }
-    let args = call.args();
-    let req = parse::acquire(&args)?;
+    let req = call.with_args(parse::acquire)?;
     if req.session && call.flags() & ffi::CTX_SCRIPT != 0 {
         return Err(session_in_script());
     }
@@ -209,9 +209,8 @@ pub fn acquire(call: &Call) -> Outcome {
     };
     let held = current(&mut key)?;
     let holder_deadline = held.map(|l| l.deadline_ms);
-    let cap = policies::check(
-        call,
-        &asking(
+    let cap = policies::check(call, || {
+        asking(
             Operation::Acquire,
             req.key,
             req.owner,
@@ -219,8 +218,8 @@ pub fn acquire(call: &Call) -> Outcome {
             held,
             &queue,
             now,
-        ),
-    )?;
+        )
+    })?;
     let outcome =
         state::with_clock(|clock| rules::acquire(held, &req, caller, cap, &limits, clock, now))?;
     match outcome {
@@ -239,7 +238,7 @@ pub fn acquire(call: &Call) -> Outcome {
                 call.ctx,
                 &mut key,
                 &Target::of(call),
-                lease,
+                Box::new(lease),
                 GrantKind::Acquired,
                 now,
             );
@@ -286,16 +285,14 @@ pub fn release(call: &Call) -> Outcome {
     if !decided_here(call)? {
         return Ok(());
     }
-    let args = call.args();
-    let req = parse::release(&args)?;
+    let req = call.with_args(parse::release)?;
     let now = ffi::command_now_ms();
     let mut key = Key::write(call.ctx, call.key());
     let queue = queue_of(call);
     let held = current(&mut key)?;
-    policies::check(
-        call,
-        &asking(Operation::Release, req.key, req.owner, 0, held, &queue, now),
-    )?;
+    policies::check(call, || {
+        asking(Operation::Release, req.key, req.owner, 0, held, &queue, now)
+    })?;
     rules::release(held, &req, now)?;
     state::own_write(|| key.delete());
     drop(key);
@@ -314,16 +311,14 @@ pub fn extend(call: &Call) -> Outcome {
     if !decided_here(call)? {
         return Ok(());
     }
-    let args = call.args();
-    let req = parse::extend(&args)?;
+    let req = call.with_args(parse::extend)?;
     let now = ffi::command_now_ms();
     let mut key = Key::write(call.ctx, call.key());
     let limits = config::ttl_limits();
     let queue = queue_of(call);
     let held = current(&mut key)?;
-    let cap = policies::check(
-        call,
-        &asking(
+    let cap = policies::check(call, || {
+        asking(
             Operation::Extend,
             req.key,
             req.owner,
@@ -331,8 +326,8 @@ pub fn extend(call: &Call) -> Outcome {
             held,
             &queue,
             now,
-        ),
-    )?;
+        )
+    })?;
     let (lease, ttl_ms) = rules::extend(held, &req, cap, &limits, now)?;
     if let Some(lk) = &queue {
         waiters::deadline_moved(lk, lease.deadline_ms, now);
@@ -341,7 +336,7 @@ pub fn extend(call: &Call) -> Outcome {
         call.ctx,
         &mut key,
         &Target::of(call),
-        lease,
+        Box::new(lease),
         GrantKind::Extended,
         now,
     );
@@ -462,8 +457,7 @@ fn internal_only(call: &Call, name: &str) -> Result<(), LockError> {
 /// from an AOF without RDB preamble).
 pub fn high_water(call: &Call) -> Outcome {
     internal_only(call, "LOCK._HIGHWATER")?;
-    let args = call.args();
-    state::observe_token(parse::high_water(&args)?);
+    state::observe_token(call.with_args(parse::high_water)?);
     api!(RedisModule_ReplicateVerbatim, call.ctx);
     reply::ok(call.ctx);
     Ok(())
@@ -473,8 +467,8 @@ pub fn high_water(call: &Call) -> Outcome {
 /// applies a grant decided by the primary.
 pub fn grant(call: &Call) -> Outcome {
     internal_only(call, "LOCK._GRANT")?;
-    let args = call.args();
-    let lease = parse::grant(&args)
+    let lease = call
+        .with_args(parse::grant)
         .inspect_err(|e| {
             // The AOF loader drops error replies: say it here.
             if call.flags() & ffi::CTX_LOADING != 0 {
@@ -485,7 +479,7 @@ pub fn grant(call: &Call) -> Outcome {
     state::observe_token(lease.token);
     let mut key = Key::write(call.ctx, call.key());
     let now = ffi::command_now_ms();
-    state::own_write(|| put(&mut key, lease, now));
+    state::own_write(|| put(&mut key, Box::new(lease), now));
     // Into this node's own AOF (a replica proxies the stream to its replicas).
     api!(RedisModule_ReplicateVerbatim, call.ctx);
     reply::ok(call.ctx);

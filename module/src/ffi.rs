@@ -4,6 +4,7 @@
 
 use redis_module::raw;
 use std::ffi::{CStr, c_char, c_int, c_void};
+use std::mem::MaybeUninit;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::NonNull;
 
@@ -301,6 +302,10 @@ pub fn notify(ctx: *mut Ctx, event: &CStr, key: *mut RString) {
     );
 }
 
+/// Arguments a command reads without allocating (the lock commands take
+/// at most six after their name).
+const INLINE_ARGS: usize = 8;
+
 /// A command invocation: the context and its arguments.
 pub struct Call<'a> {
     pub ctx: *mut Ctx,
@@ -320,26 +325,30 @@ impl<'a> Call<'a> {
         Call { ctx, argv }
     }
 
-    /// The arguments after the command name, as byte slices (on the stack
-    /// for the usual handful of arguments).
+    /// Runs `f` on the arguments after the command name, as byte slices
+    /// (on the stack, neither initialised nor copied beyond what the command
+    /// passed, for up to [`INLINE_ARGS`] of them).
     #[inline(always)]
-    pub fn args(&self) -> smallvec::SmallVec<[&'a [u8]; 8]> {
+    pub fn with_args<R>(&self, f: impl FnOnce(&[&'a [u8]]) -> R) -> R {
         let rest = self.argv.get(1..).unwrap_or_default();
-        if rest.len() > 8 {
-            return Self::many_args(rest);
+        if rest.len() > INLINE_ARGS {
+            return Self::many_args(rest, f);
         }
-        let mut buf: [&'a [u8]; 8] = [&[]; 8];
+        let mut buf = [MaybeUninit::<&'a [u8]>::uninit(); INLINE_ARGS];
         for (slot, &s) in buf.iter_mut().zip(rest) {
             // SAFETY: the argument strings live until the command returns.
-            *slot = unsafe { bytes(s) };
+            slot.write(unsafe { bytes(s) });
         }
-        smallvec::SmallVec::from_buf_and_len(buf, rest.len())
+        // SAFETY: the loop wrote the first `rest.len()` elements.
+        f(unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), rest.len()) })
     }
 
     #[cold]
-    fn many_args(rest: &[*mut RString]) -> smallvec::SmallVec<[&'a [u8]; 8]> {
+    #[inline(never)]
+    fn many_args<R>(rest: &[*mut RString], f: impl FnOnce(&[&'a [u8]]) -> R) -> R {
         // SAFETY: the argument strings live until the command returns.
-        rest.iter().map(|&s| unsafe { bytes(s) }).collect()
+        let args: Vec<&'a [u8]> = rest.iter().map(|&s| unsafe { bytes(s) }).collect();
+        f(&args)
     }
 
     /// The key argument (argv[1]) as a Redis string, for opening and replication.

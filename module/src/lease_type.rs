@@ -49,9 +49,9 @@ pub fn ty() -> *mut raw::RedisModuleType {
 }
 
 /// Hands a lease to Redis as a key's value.
-pub fn store(key: &mut ffi::Key, lease: Lease) {
+pub fn store(key: &mut ffi::Key, lease: Box<Lease>) {
     let deadline = lease.deadline_ms;
-    key.set(ty(), Box::new(lease));
+    key.set(ty(), lease);
     key.expire_at(deadline);
     stats::lock_created();
 }

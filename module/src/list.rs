@@ -76,8 +76,7 @@ fn string<'a>(r: *mut raw::RedisModuleCallReply) -> &'a [u8] {
 }
 
 pub fn list(call: &Call) -> Result<(), LockError> {
-    let args = call.args();
-    let req = parse::list(&args)?;
+    let req = call.with_args(parse::list)?;
     let cursor = req.cursor.to_string();
     let count = req.count.to_string();
     let pattern = req.pattern.unwrap_or(b"*");

@@ -111,9 +111,10 @@ fn request<'a>(ask: &Ask<'a>, client_id: u64, user: &'a [u8]) -> Request<'a> {
 
 /// Asks every matching policy about a lock command: `Ok(ceiling)` (the
 /// smallest clamp, if any) or the `DENIED`/`POLICY` error. Costs one check,
-/// in the caller's code, when no policy is loaded.
+/// in the caller's code, when no policy is loaded (the question is then
+/// not even put together).
 #[inline]
-pub fn check(call: &Call, ask: &Ask<'_>) -> Result<Option<u64>, LockError> {
+pub fn check<'a>(call: &Call, ask: impl FnOnce() -> Ask<'a>) -> Result<Option<u64>, LockError> {
     if REGISTRY
         .get()
         .borrow()
@@ -122,7 +123,15 @@ pub fn check(call: &Call, ask: &Ask<'_>) -> Result<Option<u64>, LockError> {
     {
         return Ok(None);
     }
-    evaluate(call, ask)
+    put_and_evaluate(call, ask)
+}
+
+#[inline(never)]
+fn put_and_evaluate<'a>(
+    call: &Call,
+    ask: impl FnOnce() -> Ask<'a>,
+) -> Result<Option<u64>, LockError> {
+    evaluate(call, &ask())
 }
 
 #[inline(never)]
@@ -180,8 +189,7 @@ fn memory(ctx: *mut Ctx) -> (u64, u64) {
 /// `LOCK.POLICY LOAD name [KEYS glob] [MODE enforce|audit] [CONFIG settings] [REPLACE] WASM bytes`
 pub fn load(call: &Call) -> Result<(), LockError> {
     commands::primary_only(call)?;
-    let args = call.args();
-    let req = parse::policy_load(&args[1..])?;
+    let req = call.with_args(|args| parse::policy_load(&args[1..]))?;
     let flags = call.flags();
     // From the replication stream or the AOF: what the primary accepted,
     // compiled inline (the stream is applied in order), whatever this node's
@@ -415,13 +423,12 @@ unsafe extern "C" fn free_load(_ctx: *mut Ctx, data: *mut c_void) {
 /// `LOCK.POLICY UNLOAD name`
 pub fn unload(call: &Call) -> Result<(), LockError> {
     commands::primary_only(call)?;
-    let args = call.args();
-    let [_, name] = args.as_slice() else {
-        return Err(LockError::syntax(
+    let name = call.with_args(|args| match args {
+        [_, name] => Ok(String::from_utf8_lossy(name).into_owned()),
+        _ => Err(LockError::syntax(
             "wrong number of arguments for 'lock.policy|unload' command",
-        ));
-    };
-    let name = String::from_utf8_lossy(name);
+        )),
+    })?;
     if call.flags() & (ffi::CTX_REPLICATED | ffi::CTX_LOADING) != 0 && is_startup(&name) {
         // This node's configuration (see STARTUP_POLICY); passed on as is.
         api!(RedisModule_ReplicateVerbatim, call.ctx);
@@ -480,8 +487,7 @@ pub fn list(call: &Call) -> Result<(), LockError> {
 /// `LOCK.POLICY EVAL name ACQUIRE|EXTEND|RELEASE key owner ttl-ms`: a dry run
 /// against the key's current state.
 pub fn eval(call: &Call) -> Result<(), LockError> {
-    let args = call.args();
-    let req = parse::policy_eval(&args[1..])?;
+    let req = call.with_args(|args| parse::policy_eval(&args[1..]))?;
     let now = ffi::command_now_ms();
     let key_name = OwnedString::new(req.key);
     let holder: Option<Lease> =

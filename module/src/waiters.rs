@@ -376,7 +376,14 @@ pub fn serve(ctx: *mut Ctx, lk: &LockKey, name: *mut RString) {
                     name,
                     owner_arg: None,
                 };
-                commands::install(ctx, &mut key, &target, lease, GrantKind::Acquired, now);
+                commands::install(
+                    ctx,
+                    &mut key,
+                    &target,
+                    Box::new(lease),
+                    GrantKind::Acquired,
+                    now,
+                );
                 stats::HANDOFFS.incr();
                 stats::record_wait_us(w.since.elapsed().as_micros() as u64);
                 wake(

@@ -9,7 +9,9 @@
 //!
 //! * (a) `LOCK.ACQUIRE` vs `SET k v NX PX` vs a fenced Lua acquire
 //!   (`SET NX PX` + `INCR` of a fence counter), `redis-benchmark` on random
-//!   keys: requests/s and server µs per call;
+//!   keys: requests/s and server µs per call; and `FLOOR.ACQUIRE`, the
+//!   module-API floor of a grant (`benches/floor`, loaded beside the module),
+//!   which splits ACQUIRE's cost into the module API's and lockwarden's own;
 //! * (b) `LOCK.RELEASE` vs the Lua compare-and-delete, each on a held lock
 //!   (and plain `DEL`, the floor no checked release can beat);
 //! * (c) `LOCK.EXTEND` vs the Lua compare-and-`PEXPIRE`, each on a held lock
@@ -28,7 +30,7 @@ use lockwarden_benches::server::Server;
 use lockwarden_benches::stats;
 use lockwarden_benches::{LUA_RELEASE, OWNER, Result, TTL_MS, err};
 use redis::Connection;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 const USAGE: &str = "\
 loadcompare: lockwarden vs plain Redis locking recipes, side by side on one server
@@ -50,8 +52,10 @@ options:
   --quick            small runs for a smoke test (numbers are not meaningful)
 
 environment:
-  LOCKWARDEN_MODULE    the module (default <workspace>/target/release/liblockwarden.so)
-  LOCKWARDEN_POLICIES  built policies (default <workspace>/target/policies)";
+  LOCKWARDEN_MODULE        the module (default <workspace>/target/release/liblockwarden.so)
+  LOCKWARDEN_FLOOR_MODULE  the module-API floor for (a) (default
+                           <workspace>/target/release/liblockwarden_floor.so)
+  LOCKWARDEN_POLICIES      built policies (default <workspace>/target/policies)";
 
 /// `SET KEYS[1] ARGV[1] NX PX ARGV[2]`, and on success a fencing token from
 /// `INCR KEYS[2]` (a Redisson-style fenced lock).
@@ -158,7 +162,11 @@ fn run() -> Result<()> {
         return err(format!("--only: no scenario '{bad}'"));
     }
 
-    let (server, mut con, mut report) = lockwarden_benches::start(&args, "lockwarden loadcompare")?;
+    // The floor module, for (a) only.
+    let floor = cli::floor_module_path();
+    let others: &[&Path] = if only.contains(&"a") { &[&floor] } else { &[] };
+    let (server, mut con, mut report) =
+        lockwarden_benches::start(&args, "lockwarden loadcompare", others)?;
     let shas = Shas {
         acquire: script_load(&mut con, LUA_ACQUIRE)?,
         release: script_load(&mut con, LUA_RELEASE)?,
@@ -276,7 +284,7 @@ fn acquire(cx: &mut Ctx) -> Result<()> {
     let ttl = TTL_MS.to_string();
     let sha = cx.shas.acquire.clone();
     // (label, stat name, command)
-    let variants: [(&str, &str, Vec<&str>); 3] = [
+    let variants: [(&str, &str, Vec<&str>); 4] = [
         (
             "LOCK.ACQUIRE",
             "lock.acquire",
@@ -300,6 +308,11 @@ fn acquire(cx: &mut Ctx) -> Result<()> {
                 &ttl,
             ],
         ),
+        (
+            "FLOOR.ACQUIRE",
+            "floor.acquire",
+            vec!["FLOOR.ACQUIRE", "lock:__rand_int__", OWNER, &ttl],
+        ),
     ];
     // Random keys repeat a little (n²/2r of them); anything far below n
     // means commands failed.
@@ -311,7 +324,12 @@ fn acquire(cx: &mut Ctx) -> Result<()> {
         eprintln!("  round {round}: {label:<13} {}", m.show("req/s"));
         Ok(m)
     })?;
-    let (ours, set, lua) = (("ACQUIRE", 0), ("SET NX", 1), ("Lua fenced", 2));
+    let (ours, set, lua, floor) = (
+        ("ACQUIRE", 0),
+        ("SET NX", 1),
+        ("Lua fenced", 2),
+        ("module floor", 3),
+    );
     let rate = Metric::Rate("req/s");
     let r = &mut cx.report;
     r.row(
@@ -331,6 +349,20 @@ fn acquire(cx: &mut Ctx) -> Result<()> {
         Metric::ServerCpu,
         ours,
         lua,
+    ));
+    r.row(compare(
+        &results,
+        "(a) acquire: server CPU",
+        Metric::ServerCpu,
+        ours,
+        floor,
+    ));
+    r.row(compare(
+        &results,
+        "(a) module floor: server CPU",
+        Metric::ServerCpu,
+        floor,
+        set,
     ));
     r.row(compare(
         &results,

@@ -153,7 +153,8 @@ fn run() -> Result<()> {
     };
     let configs = parse_configs(&args.string("configs", default_configs), &base)?;
 
-    let (server, mut con, mut report) = lockwarden_benches::start(&args, "lockwarden waitcompare")?;
+    let (server, mut con, mut report) =
+        lockwarden_benches::start(&args, "lockwarden waitcompare", &[])?;
     let sha = script_load(&mut con, LUA_RELEASE)?;
     report.context(
         "setup",

@@ -248,30 +248,35 @@ pub fn acquire<'a>(args: &[&'a [u8]]) -> Result<Acquire<'a>, LockError> {
     let [key, who, ttl, rest @ ..] = args else {
         return Err(arity("lock.acquire"));
     };
-    let mut req = Acquire {
-        key,
-        owner: owner(who)?,
-        ttl_ms: positive(ttl, "ttl-ms")?,
-        wait_ms: None,
-        session: false,
+    let owner = owner(who)?;
+    let ttl_ms = positive(ttl, "ttl-ms")?;
+    let (wait_ms, session) = if rest.is_empty() {
+        (None, false)
+    } else {
+        acquire_options(rest)?
     };
-    if !rest.is_empty() {
-        acquire_options(&mut req, rest)?;
-    }
-    Ok(req)
+    Ok(Acquire {
+        key,
+        owner,
+        ttl_ms,
+        wait_ms,
+        session,
+    })
 }
 
-/// `[WAIT timeout-ms] [SESSION]`.
+/// `[WAIT timeout-ms] [SESSION]`: the wait, and whether the lock is the
+/// session's.
 #[inline(never)]
-fn acquire_options<'a>(req: &mut Acquire<'a>, rest: &[&'a [u8]]) -> Result<(), LockError> {
+fn acquire_options(rest: &[&[u8]]) -> Result<(Option<u64>, bool), LockError> {
+    let (mut wait_ms, mut session) = (None, false);
     let mut opts = Options::new(rest);
     while let Some(opt) = opts.next(&[("WAIT", true), ("SESSION", false)]) {
         match opt? {
-            ("WAIT", Some(v)) => req.wait_ms = Some(wait_timeout(v)?),
-            _ => req.session = true,
+            ("WAIT", Some(v)) => wait_ms = Some(wait_timeout(v)?),
+            _ => session = true,
         }
     }
-    Ok(())
+    Ok((wait_ms, session))
 }
 
 /// Parses `LOCK.RELEASE` arguments.
