@@ -118,27 +118,11 @@ pub unsafe extern "C" fn RedisModule_OnLoad(
     if init != raw::REDISMODULE_OK as c_int {
         return err;
     }
-    let mut methods = raw::RedisModuleTypeMethods {
-        version: raw::REDISMODULE_TYPE_METHOD_VERSION as u64,
-        rdb_load: None,
-        rdb_save: None,
-        aof_rewrite: None,
-        mem_usage: None,
-        digest: None,
-        free: Some(free),
-        aux_load: None,
-        aux_save: None,
-        aux_save_triggers: 0,
-        free_effort: None,
-        unlink: None,
-        copy: None,
-        defrag: None,
-        mem_usage2: None,
-        free_effort2: None,
-        unlink2: None,
-        copy2: None,
-        aux_save2: None,
-    };
+    // SAFETY: every field is an integer or an optional function pointer,
+    // for which all zeroes are 0 and None: no callbacks but `free`.
+    let mut methods: raw::RedisModuleTypeMethods = unsafe { std::mem::zeroed() };
+    methods.version = raw::REDISMODULE_TYPE_METHOD_VERSION as u64;
+    methods.free = Some(free);
     let ty = api!(
         RedisModule_CreateDataType,
         ctx,
