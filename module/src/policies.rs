@@ -126,6 +126,8 @@ pub fn check<'a>(call: &Call, ask: impl FnOnce() -> Ask<'a>) -> Result<Option<u6
     put_and_evaluate(call, ask)
 }
 
+/// The slow side of [`check`], out of line with the code that builds the
+/// question, so the caller keeps only the check.
 #[inline(never)]
 fn put_and_evaluate<'a>(
     call: &Call,
