@@ -87,7 +87,9 @@ impl Target {
 /// `lease` in `key` (updating an existing lease in place, with its deadline
 /// as the key's absolute expiry), keeps the session index, publishes the
 /// keyspace event. The lease comes boxed, as a new key keeps it: moved by
-/// pointer, not copied through every step.
+/// pointer, not copied through every step. (An update in place, a retry or
+/// an extension, copies it out of the box and frees it: one allocation more
+/// than it needs, off the fresh grant's path.)
 pub fn install(
     ctx: *mut ffi::Ctx,
     key: &mut Key,

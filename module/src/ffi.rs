@@ -302,8 +302,8 @@ pub fn notify(ctx: *mut Ctx, event: &CStr, key: *mut RString) {
     );
 }
 
-/// Arguments a command reads without allocating (the lock commands take
-/// at most six after their name).
+/// Arguments a command reads without allocating: the lock commands take at
+/// most six after their name, `LOCK.LIST` eight (more is an error).
 const INLINE_ARGS: usize = 8;
 
 /// A command invocation: the context and its arguments.

@@ -1,33 +1,38 @@
 //! `FLOOR.ACQUIRE key owner ttl-ms`: the module-API floor of a lock grant,
 //! loaded beside lockwarden by `loadcompare` (scenario (a)).
 //!
-//! It makes the server calls a fresh `LOCK.ACQUIRE` makes and nothing else:
+//! It makes the server calls a fresh lock grant needs and nothing else:
 //! read the three arguments, open the key for writing, check that it is
-//! empty, store an 80-byte value of a module type (a lease's size, allocated
-//! with the server's allocator), set an absolute expiry, publish a keyspace
-//! event, count the change (`RedisModule_ReplicateVerbatim`, as lockwarden
-//! does when nothing reads the replication stream), reply with two integers
-//! (a 16-digit number, like a token, and the TTL), close the key. A held key
-//! gets nil. No validation beyond the TTL, no policies, no token clock: the
-//! difference between `LOCK.ACQUIRE` and this is what lockwarden's own code
-//! costs; the difference between this and `SET NX PX` is what going through
-//! the module API costs any module.
+//! empty, ask for the client's id (a lease records it), store an 80-byte
+//! value of a module type (a lease's size on x86-64, allocated with the
+//! server's allocator), set an absolute expiry, publish a keyspace event,
+//! count the change (`RedisModule_ReplicateVerbatim`, as lockwarden does when
+//! nothing reads the replication stream), reply with two integers (a
+//! 16-digit number, like a token, and the TTL), close the key. A held key
+//! gets nil. No validation beyond a positive TTL, no policies, no token
+//! clock: the difference between `LOCK.ACQUIRE` and this is what
+//! lockwarden's own code costs (including the one server call it makes
+//! beyond these: it asks the key's type again before storing); the
+//! difference between this and `SET NX PX` is what going through the module
+//! API costs any module.
 //!
-//! Bench-only: values cannot be saved (no RDB or AOF: the bench server runs
-//! with `--save '' --appendonly no`).
+//! Bench-only: an RDB saves the values as nothing and loads them back
+//! zeroed, and there is no AOF rewrite (the bench server runs with `--save
+//! '' --appendonly no`).
 
 use redis_module::raw;
 use std::ffi::{c_int, c_void};
 use std::ptr::null_mut;
+use std::sync::atomic::{AtomicI64, AtomicPtr, Ordering::Relaxed};
 
 /// The size of a lockwarden lease with an inline owner.
 const VALUE_LEN: usize = 80;
 
 /// The registered type; written once by `RedisModule_OnLoad`.
-static mut TYPE: *mut raw::RedisModuleType = null_mut();
+static TYPE: AtomicPtr<raw::RedisModuleType> = AtomicPtr::new(null_mut());
 
 /// A counter standing in for the token clock (16 digits, as tokens are).
-static mut NEXT: i64 = 1_800_000_000_000_000;
+static NEXT: AtomicI64 = AtomicI64::new(1_800_000_000_000_000);
 
 macro_rules! api {
     ($name:ident $(, $arg:expr)* $(,)?) => {
@@ -41,6 +46,27 @@ unsafe extern "C" fn free(value: *mut c_void) {
     api!(RedisModule_Free, value);
 }
 
+unsafe extern "C" fn rdb_save(_rdb: *mut raw::RedisModuleIO, _value: *mut c_void) {}
+
+unsafe extern "C" fn rdb_load(_rdb: *mut raw::RedisModuleIO, _encver: c_int) -> *mut c_void {
+    api!(RedisModule_Calloc, 1, VALUE_LEN)
+}
+
+/// The bytes of an argument.
+fn bytes<'a>(arg: *mut raw::RedisModuleString) -> &'a [u8] {
+    let mut len = 0;
+    let ptr = api!(RedisModule_StringPtrLen, arg, &mut len);
+    // SAFETY: the server returns `len` readable bytes, alive for the command.
+    unsafe { std::slice::from_raw_parts(ptr.cast(), len) }
+}
+
+/// A positive decimal TTL in ms (as lockwarden parses it: in the module).
+fn ttl_ms(arg: &[u8]) -> Option<i64> {
+    let digits = (1..=12).contains(&arg.len()) && arg.iter().all(u8::is_ascii_digit);
+    let ttl = arg.iter().fold(0, |v, d| v * 10 + i64::from(d - b'0'));
+    (digits && ttl > 0).then_some(ttl)
+}
+
 unsafe extern "C" fn acquire(
     ctx: *mut raw::RedisModuleCtx,
     argv: *mut *mut raw::RedisModuleString,
@@ -51,14 +77,11 @@ unsafe extern "C" fn acquire(
     }
     // SAFETY: the server passes `argc` valid strings.
     let args = unsafe { std::slice::from_raw_parts(argv, 4) };
-    let mut len = 0;
-    for &arg in &args[1..] {
-        api!(RedisModule_StringPtrLen, arg, &mut len);
-    }
-    let mut ttl: i64 = 0;
-    if api!(RedisModule_StringToLongLong, args[3], &mut ttl) != raw::REDISMODULE_OK as c_int {
+    // Read as lockwarden reads them (it parses the key and owner too).
+    let [_key, _owner, ttl] = [1, 2, 3].map(|i| bytes(args[i]));
+    let Some(ttl) = ttl_ms(ttl) else {
         return api!(RedisModule_ReplyWithError, ctx, c"ERR bad ttl".as_ptr());
-    }
+    };
     let now_ms = match unsafe { raw::RedisModule_CachedMicroseconds } {
         // SAFETY: no arguments.
         Some(cached) => (unsafe { cached() }) / 1000,
@@ -67,11 +90,22 @@ unsafe extern "C" fn acquire(
     let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_WRITE) as c_int;
     let key = api!(RedisModule_OpenKey, ctx, args[1], mode).cast::<raw::RedisModuleKey>();
     if api!(RedisModule_KeyType, key) == raw::REDISMODULE_KEYTYPE_EMPTY as c_int {
-        let value = api!(RedisModule_Calloc, 1, VALUE_LEN);
-        // SAFETY: TYPE was set at load, before any command.
-        let ty = unsafe { TYPE };
-        api!(RedisModule_ModuleTypeSetValue, key, ty, value);
-        api!(RedisModule_SetAbsExpire, key, now_ms + ttl);
+        let client_id = api!(RedisModule_GetClientId, ctx);
+        let token = NEXT.fetch_add(1, Relaxed) + 1;
+        let deadline = now_ms.saturating_add(ttl);
+        let value = api!(RedisModule_Calloc, 1, VALUE_LEN).cast::<i64>();
+        // SAFETY: a fresh, zeroed, 8-aligned allocation of VALUE_LEN bytes.
+        unsafe {
+            let fields = std::slice::from_raw_parts_mut(value, VALUE_LEN / 8);
+            fields[..3].copy_from_slice(&[token, deadline, client_id as i64]);
+        }
+        api!(
+            RedisModule_ModuleTypeSetValue,
+            key,
+            TYPE.load(Relaxed),
+            value.cast()
+        );
+        api!(RedisModule_SetAbsExpire, key, deadline);
         api!(
             RedisModule_NotifyKeyspaceEvent,
             ctx,
@@ -80,11 +114,6 @@ unsafe extern "C" fn acquire(
             args[1]
         );
         api!(RedisModule_ReplicateVerbatim, ctx);
-        // SAFETY: commands run on the main thread only.
-        let token = unsafe {
-            NEXT += 1;
-            NEXT
-        };
         api!(RedisModule_ReplyWithArray, ctx, 2);
         api!(RedisModule_ReplyWithLongLong, ctx, token);
         api!(RedisModule_ReplyWithLongLong, ctx, ttl);
@@ -123,6 +152,8 @@ pub unsafe extern "C" fn RedisModule_OnLoad(
     let mut methods: raw::RedisModuleTypeMethods = unsafe { std::mem::zeroed() };
     methods.version = raw::REDISMODULE_TYPE_METHOD_VERSION as u64;
     methods.free = Some(free);
+    methods.rdb_save = Some(rdb_save);
+    methods.rdb_load = Some(rdb_load);
     let ty = api!(
         RedisModule_CreateDataType,
         ctx,
@@ -133,8 +164,7 @@ pub unsafe extern "C" fn RedisModule_OnLoad(
     if ty.is_null() {
         return err;
     }
-    // SAFETY: load runs once, before any command.
-    unsafe { TYPE = ty };
+    TYPE.store(ty, Relaxed);
     api!(
         RedisModule_CreateCommand,
         ctx,

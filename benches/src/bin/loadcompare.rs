@@ -172,6 +172,9 @@ fn run() -> Result<()> {
         release: script_load(&mut con, LUA_RELEASE)?,
         extend: script_load(&mut con, LUA_EXTEND)?,
     };
+    if !others.is_empty() {
+        report.context("module-API floor for (a)", floor.display().to_string());
+    }
     report.context(
         "load tool",
         format!("{} ({})", tool.describe(), cli::tool_version(&tool.bin)),
