@@ -60,11 +60,11 @@ fn bytes<'a>(arg: *mut raw::RedisModuleString) -> &'a [u8] {
     unsafe { std::slice::from_raw_parts(ptr.cast(), len) }
 }
 
-/// A positive decimal TTL in ms (as lockwarden parses it: in the module).
+/// A positive decimal TTL in ms, parsed by lockwarden's own parser.
 fn ttl_ms(arg: &[u8]) -> Option<i64> {
-    let digits = (1..=12).contains(&arg.len()) && arg.iter().all(u8::is_ascii_digit);
-    let ttl = arg.iter().fold(0, |v, d| v * 10 + i64::from(d - b'0'));
-    (digits && ttl > 0).then_some(ttl)
+    lockwarden_core::parse::parse_u64(arg)
+        .and_then(|ttl| i64::try_from(ttl).ok())
+        .filter(|&ttl| ttl > 0)
 }
 
 unsafe extern "C" fn acquire(
